@@ -1,0 +1,305 @@
+// The only file that includes pybind11: NumPy buffers in, pointers and byte strides
+// out, the GIL released around the pure loops. The facade (ppo_core/__init__.py)
+// validates arguments and converts dtypes; the checks here are a second line of
+// defence so that a direct call into _core can raise but never crash.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "gae.hpp"
+#include "losses.hpp"
+
+namespace py = pybind11;
+using ppo_core::View1;
+using ppo_core::View2;
+
+namespace {
+
+std::string shape_str(const py::array& a) {
+    std::string s = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+        s += std::to_string(a.shape(i));
+        if (a.ndim() == 1 || i + 1 < a.ndim()) s += ",";
+        if (i + 1 < a.ndim()) s += " ";
+    }
+    return s + ")";
+}
+
+template <typename T>
+void require_dtype(const py::array& a, const char* name) {
+    if (a.dtype().num() != py::dtype::of<T>().num())
+        throw py::type_error(std::string(name) + ": expected dtype " +
+                             std::string(py::str(py::dtype::of<T>())) + ", got " +
+                             std::string(py::str(a.dtype())));
+}
+
+// (T,) or (T, N) arrays all of the same shape.
+void require_rollout_shape(const py::array& a, const py::array& ref, const char* name) {
+    if (ref.ndim() < 1 || ref.ndim() > 2)
+        throw py::value_error(std::string(name) + ": expected shape (T,) or (T, N), got " +
+                              shape_str(ref));
+    bool same = a.ndim() == ref.ndim();
+    for (py::ssize_t i = 0; same && i < a.ndim(); ++i) same = a.shape(i) == ref.shape(i);
+    if (!same)
+        throw py::value_error(std::string(name) + ": shape " + shape_str(a) +
+                              " differs from " + shape_str(ref));
+}
+
+template <typename T>
+View2<T> view2(const py::array& a) {
+    const char* p = static_cast<const char*>(a.data());
+    return {p, a.strides(0), a.ndim() == 2 ? a.strides(1) : 0};
+}
+
+template <typename T>
+View1<T> view1(const py::array& a) {
+    if (a.ndim() != 1) throw py::value_error("internal: expected a 1-d array");
+    return {static_cast<const char*>(a.data()), a.strides(0)};
+}
+
+py::ssize_t cols(const py::array& a) { return a.ndim() == 2 ? a.shape(1) : 1; }
+
+template <typename T>
+py::array_t<T> empty_like_shape(const py::array& ref) {
+    std::vector<py::ssize_t> shape(ref.shape(), ref.shape() + ref.ndim());
+    return py::array_t<T>(shape);
+}
+
+template <typename T>
+std::tuple<py::array, py::array> gae_impl(const py::array& rewards, const py::array& values,
+                                          const py::array& next_values,
+                                          const py::array& terminated,
+                                          const py::array& truncated, double gamma,
+                                          double lam) {
+    require_rollout_shape(rewards, rewards, "rewards");
+    require_rollout_shape(values, rewards, "values");
+    require_rollout_shape(next_values, rewards, "next_values");
+    require_rollout_shape(terminated, rewards, "terminated");
+    require_rollout_shape(truncated, rewards, "truncated");
+    require_dtype<T>(values, "values");
+    require_dtype<T>(next_values, "next_values");
+    require_dtype<bool>(terminated, "terminated");
+    require_dtype<bool>(truncated, "truncated");
+    auto adv = empty_like_shape<T>(rewards);
+    auto ret = empty_like_shape<T>(rewards);
+    const auto n_t = rewards.shape(0), n_n = cols(rewards);
+    auto r = view2<T>(rewards), v = view2<T>(values), nv = view2<T>(next_values);
+    auto term = view2<bool>(terminated), trunc = view2<bool>(truncated);
+    T* pa = adv.mutable_data();
+    T* pr = ret.mutable_data();
+    {
+        // Safe without the GIL: the views point into arrays that the caller's frame
+        // keeps alive, the outputs are fresh, and no Python object is touched.
+        py::gil_scoped_release release;
+        ppo_core::gae<T>(n_t, n_n, r, v, nv, term, trunc, T(gamma), T(lam), pa, pr);
+    }
+    return {adv, ret};
+}
+
+template <typename T>
+py::array discounted_returns_impl(const py::array& rewards, const py::array& terminated,
+                                  const py::array& truncated,
+                                  const std::optional<py::array>& next_values,
+                                  double gamma) {
+    require_rollout_shape(rewards, rewards, "rewards");
+    require_rollout_shape(terminated, rewards, "terminated");
+    require_rollout_shape(truncated, rewards, "truncated");
+    require_dtype<bool>(terminated, "terminated");
+    require_dtype<bool>(truncated, "truncated");
+    View2<T> nv{nullptr, 0, 0};
+    if (next_values) {
+        require_rollout_shape(*next_values, rewards, "next_values");
+        require_dtype<T>(*next_values, "next_values");
+        nv = view2<T>(*next_values);
+    }
+    auto out = empty_like_shape<T>(rewards);
+    const auto n_t = rewards.shape(0), n_n = cols(rewards);
+    auto r = view2<T>(rewards);
+    auto term = view2<bool>(terminated), trunc = view2<bool>(truncated);
+    T* po = out.mutable_data();
+    const bool has_nv = next_values.has_value();
+    {
+        py::gil_scoped_release release;  // as in gae_impl
+        ppo_core::discounted_returns<T>(n_t, n_n, r, term, trunc, nv, has_nv, T(gamma), po);
+    }
+    return out;
+}
+
+template <typename T>
+py::array next_values_from_impl(const py::array& values, const py::array& last_values,
+                                const std::optional<py::array>& final_values,
+                                const std::optional<py::array>& done) {
+    require_rollout_shape(values, values, "values");
+    require_dtype<T>(last_values, "last_values");
+    const auto n_t = values.shape(0), n_n = cols(values);
+    // last_values has shape values.shape[1:]; a (T,) rollout has a 0-d last value,
+    // which we read as a 1-d view of one element.
+    if (last_values.ndim() != values.ndim() - 1 ||
+        (values.ndim() == 2 && last_values.shape(0) != n_n))
+        throw py::value_error("last_values: shape " + shape_str(last_values) +
+                              " is not values.shape[1:] for values of shape " +
+                              shape_str(values));
+    View1<T> last{static_cast<const char*>(last_values.data()),
+                  last_values.ndim() == 1 ? last_values.strides(0) : 0};
+    View2<T> fv{nullptr, 0, 0};
+    View2<bool> d{nullptr, 0, 0};
+    const bool has_final = final_values.has_value() && done.has_value();
+    if (has_final) {
+        require_rollout_shape(*final_values, values, "final_values");
+        require_rollout_shape(*done, values, "done");
+        require_dtype<T>(*final_values, "final_values");
+        require_dtype<bool>(*done, "done");
+        fv = view2<T>(*final_values);
+        d = view2<bool>(*done);
+    }
+    auto out = empty_like_shape<T>(values);
+    auto v = view2<T>(values);
+    T* po = out.mutable_data();
+    {
+        py::gil_scoped_release release;  // as in gae_impl
+        ppo_core::next_values_from<T>(n_t, n_n, v, last, fv, d, has_final, po);
+    }
+    return out;
+}
+
+void require_1d_same(const py::array& a, const py::array& ref, const char* name) {
+    if (a.ndim() != 1 || a.shape(0) != ref.shape(0))
+        throw py::value_error(std::string(name) + ": expected a 1-d array of length " +
+                              std::to_string(ref.shape(0)) + ", got shape " + shape_str(a));
+}
+
+template <typename T>
+std::tuple<double, py::array, double, double> clipped_surrogate_impl(
+    const py::array& new_log_prob, const py::array& old_log_prob,
+    const py::array& advantages, double clip_coef) {
+    require_1d_same(new_log_prob, new_log_prob, "new_log_prob");
+    require_1d_same(old_log_prob, new_log_prob, "old_log_prob");
+    require_1d_same(advantages, new_log_prob, "advantages");
+    require_dtype<T>(old_log_prob, "old_log_prob");
+    require_dtype<T>(advantages, "advantages");
+    const auto n = new_log_prob.shape(0);
+    if (n == 0) throw py::value_error("new_log_prob: empty input (a mean over nothing)");
+    auto grad = py::array_t<T>(n);
+    auto nlp = view1<T>(new_log_prob), olp = view1<T>(old_log_prob),
+         adv = view1<T>(advantages);
+    T* pg = grad.mutable_data();
+    ppo_core::SurrogateStats s;
+    {
+        py::gil_scoped_release release;  // as in gae_impl
+        s = ppo_core::clipped_surrogate<T>(n, nlp, olp, adv, T(clip_coef), pg);
+    }
+    return {s.loss, grad, s.clip_fraction, s.approx_kl};
+}
+
+template <typename T>
+std::tuple<double, py::array, double> clipped_value_loss_impl(const py::array& values,
+                                                              const py::array& old_values,
+                                                              const py::array& returns,
+                                                              double clip_coef) {
+    require_1d_same(values, values, "values");
+    require_1d_same(old_values, values, "old_values");
+    require_1d_same(returns, values, "returns");
+    require_dtype<T>(old_values, "old_values");
+    require_dtype<T>(returns, "returns");
+    const auto n = values.shape(0);
+    if (n == 0) throw py::value_error("values: empty input (a mean over nothing)");
+    auto grad = py::array_t<T>(n);
+    auto v = view1<T>(values), old = view1<T>(old_values), ret = view1<T>(returns);
+    T* pg = grad.mutable_data();
+    ppo_core::ValueLossStats s;
+    {
+        py::gil_scoped_release release;  // as in gae_impl
+        s = ppo_core::clipped_value_loss<T>(n, v, old, ret, T(clip_coef), pg);
+    }
+    return {s.loss, grad, s.clip_fraction};
+}
+
+// Dispatch on the dtype of the first value-carrying array.
+template <typename F32, typename F64>
+auto by_dtype(const py::array& first, const char* name, F32 f32, F64 f64) {
+    if (first.dtype().num() == py::dtype::of<float>().num()) return f32();
+    if (first.dtype().num() == py::dtype::of<double>().num()) return f64();
+    throw py::type_error(std::string(name) + ": expected dtype float32 or float64, got " +
+                         std::string(py::str(first.dtype())));
+}
+
+void register_advantages(py::module_& m) {
+    m.def(
+        "gae",
+        [](const py::array& rewards, const py::array& values, const py::array& next_values,
+           const py::array& terminated, const py::array& truncated, double gamma,
+           double lam) {
+            return by_dtype(
+                rewards, "rewards",
+                [&] { return gae_impl<float>(rewards, values, next_values, terminated,
+                                             truncated, gamma, lam); },
+                [&] { return gae_impl<double>(rewards, values, next_values, terminated,
+                                              truncated, gamma, lam); });
+        },
+        py::arg("rewards"), py::arg("values"), py::arg("next_values"), py::arg("terminated"),
+        py::arg("truncated"), py::kw_only(), py::arg("gamma"), py::arg("lam"));
+    m.def(
+        "discounted_returns",
+        [](const py::array& rewards, const py::array& terminated, const py::array& truncated,
+           const std::optional<py::array>& next_values, double gamma) {
+            return by_dtype(
+                rewards, "rewards",
+                [&] { return discounted_returns_impl<float>(rewards, terminated, truncated,
+                                                            next_values, gamma); },
+                [&] { return discounted_returns_impl<double>(rewards, terminated, truncated,
+                                                             next_values, gamma); });
+        },
+        py::arg("rewards"), py::arg("terminated"), py::arg("truncated"),
+        py::arg("next_values") = py::none(), py::kw_only(), py::arg("gamma"));
+    m.def(
+        "next_values_from",
+        [](const py::array& values, const py::array& last_values,
+           const std::optional<py::array>& final_values, const std::optional<py::array>& done) {
+            return by_dtype(
+                values, "values",
+                [&] { return next_values_from_impl<float>(values, last_values, final_values, done); },
+                [&] { return next_values_from_impl<double>(values, last_values, final_values, done); });
+        },
+        py::arg("values"), py::arg("last_values"), py::kw_only(),
+        py::arg("final_values") = py::none(), py::arg("done") = py::none());
+}
+
+void register_losses(py::module_& m) {
+    m.def(
+        "clipped_surrogate",
+        [](const py::array& new_log_prob, const py::array& old_log_prob,
+           const py::array& advantages, double clip_coef) {
+            return by_dtype(
+                new_log_prob, "new_log_prob",
+                [&] { return clipped_surrogate_impl<float>(new_log_prob, old_log_prob, advantages, clip_coef); },
+                [&] { return clipped_surrogate_impl<double>(new_log_prob, old_log_prob, advantages, clip_coef); });
+        },
+        py::arg("new_log_prob"), py::arg("old_log_prob"), py::arg("advantages"), py::kw_only(),
+        py::arg("clip_coef"));
+    m.def(
+        "clipped_value_loss",
+        [](const py::array& values, const py::array& old_values, const py::array& returns,
+           double clip_coef) {
+            return by_dtype(
+                values, "values",
+                [&] { return clipped_value_loss_impl<float>(values, old_values, returns, clip_coef); },
+                [&] { return clipped_value_loss_impl<double>(values, old_values, returns, clip_coef); });
+        },
+        py::arg("values"), py::arg("old_values"), py::arg("returns"), py::kw_only(),
+        py::arg("clip_coef"));
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "ppo_core's compiled kernels. Import ppo_core, not this module.";
+    register_advantages(m);
+    register_losses(m);
+}

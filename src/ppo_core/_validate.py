@@ -1,0 +1,117 @@
+"""Argument checking for the NumPy API, in one place.
+
+Every public kernel goes through these helpers before the compiled code sees an
+array, so the rules (dtypes, shapes, ranges) and the wording of the errors are the
+same everywhere. Each error names the argument and shows what was received.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+
+_NUMERIC_KINDS = "biuf"
+
+
+def as_array(name: str, x) -> np.ndarray:
+    """``np.asarray(x)`` with a ``TypeError`` for non-numeric data."""
+    try:
+        a = np.asarray(x)
+    except Exception as exc:  # e.g. a CUDA tensor, whose own message we keep
+        raise TypeError(f"{name}: cannot be read as a NumPy array ({exc})") from exc
+    if a.dtype.kind not in _NUMERIC_KINDS:
+        raise TypeError(
+            f"{name}: expected a real numeric or bool array, got dtype {a.dtype}"
+        )
+    return a
+
+
+def result_dtype(arrays: Sequence[np.ndarray]) -> np.dtype:
+    """``np.result_type`` of the value-carrying arrays, at least float32."""
+    dt = np.result_type(*arrays, np.float32)
+    if dt.kind != "f" or dt.itemsize > 8:
+        # float128 / longdouble has no kernel; float64 is the widest we compute in.
+        dt = np.dtype(np.float64)
+    return dt
+
+
+def as_values(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Convert to the result dtype; a view (any strides) when it already is."""
+    return a.astype(dtype, copy=False)
+
+
+def as_mask(a: np.ndarray) -> np.ndarray:
+    """Masks are read as ``astype(bool)``: nonzero is True. No copy for bool input."""
+    return a.astype(bool, copy=False)
+
+
+def rollout_shape(named: Sequence[Tuple[str, np.ndarray]]) -> Tuple[int, ...]:
+    """All arrays share one shape, (T,) or (T, N)."""
+    first_name, first = named[0]
+    if first.ndim not in (1, 2):
+        raise ValueError(
+            f"{first_name}: expected a time-major array of shape (T,) or (T, N), "
+            f"got shape {first.shape}"
+        )
+    for name, a in named[1:]:
+        if a.shape != first.shape:
+            raise ValueError(
+                f"{name}: shape {a.shape} differs from {first_name}'s shape {first.shape}"
+            )
+    return first.shape
+
+
+def same_shape(named: Sequence[Tuple[str, np.ndarray]]) -> Tuple[int, ...]:
+    """Loss inputs: any shape, all equal, not empty."""
+    first_name, first = named[0]
+    for name, a in named[1:]:
+        if a.shape != first.shape:
+            raise ValueError(
+                f"{name}: shape {a.shape} differs from {first_name}'s shape {first.shape}"
+            )
+    if first.size == 0:
+        raise ValueError(
+            f"{first_name}: empty input of shape {first.shape} (the loss is a mean over "
+            "its elements)"
+        )
+    return first.shape
+
+
+def _real(name: str, x) -> float:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(x).__name__} {x!r}")
+    return float(x)
+
+
+def unit_interval(name: str, x) -> float:
+    """gamma and lam: finite and in [0, 1]."""
+    v = _real(name, x)
+    if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+        raise ValueError(f"{name}: expected a finite number in [0, 1], got {x!r}")
+    return v
+
+
+def positive(name: str, x) -> float:
+    """clip_coef: finite and > 0."""
+    v = _real(name, x)
+    if not (math.isfinite(v) and v > 0.0):
+        raise ValueError(f"{name}: expected a finite number > 0, got {x!r}")
+    return v
+
+
+def flat(a: np.ndarray) -> np.ndarray:
+    """1-d view for the loss kernels (which take any stride); N-d input that is not
+    C-contiguous is copied by ``ravel``, the only copy the loss path can make."""
+    return a if a.ndim == 1 else a.ravel()
+
+
+def optional_pair(
+    a_name: str, a: Optional[object], b_name: str, b: Optional[object]
+) -> bool:
+    if (a is None) != (b is None):
+        given, missing = (a_name, b_name) if a is not None else (b_name, a_name)
+        raise ValueError(f"{given} was given without {missing}: pass both or neither")
+    return a is not None
