@@ -13,8 +13,7 @@
 #include <tuple>
 #include <vector>
 
-#include "gae.hpp"
-#include "losses.hpp"
+#include "dispatch.hpp"
 
 namespace py = pybind11;
 using ppo_core::View1;
@@ -91,14 +90,14 @@ std::tuple<py::array, py::array> gae_impl(const py::array& rewards, const py::ar
     auto ret = empty_like_shape<T>(rewards);
     const auto n_t = rewards.shape(0), n_n = cols(rewards);
     auto r = view2<T>(rewards), v = view2<T>(values), nv = view2<T>(next_values);
-    auto term = view2<bool>(terminated), trunc = view2<bool>(truncated);
+    auto term = view2<std::uint8_t>(terminated), trunc = view2<std::uint8_t>(truncated);
     T* pa = adv.mutable_data();
     T* pr = ret.mutable_data();
     {
         // Safe without the GIL: the views point into arrays that the caller's frame
         // keeps alive, the outputs are fresh, and no Python object is touched.
         py::gil_scoped_release release;
-        ppo_core::gae<T>(n_t, n_n, r, v, nv, term, trunc, T(gamma), T(lam), pa, pr);
+        ppo_core::dispatch::gae(n_t, n_n, r, v, nv, term, trunc, T(gamma), T(lam), pa, pr);
     }
     return {adv, ret};
 }
@@ -122,7 +121,7 @@ py::array discounted_returns_impl(const py::array& rewards, const py::array& ter
     auto out = empty_like_shape<T>(rewards);
     const auto n_t = rewards.shape(0), n_n = cols(rewards);
     auto r = view2<T>(rewards);
-    auto term = view2<bool>(terminated), trunc = view2<bool>(truncated);
+    auto term = view2<std::uint8_t>(terminated), trunc = view2<std::uint8_t>(truncated);
     T* po = out.mutable_data();
     const bool has_nv = next_values.has_value();
     {
@@ -149,7 +148,7 @@ py::array next_values_from_impl(const py::array& values, const py::array& last_v
     View1<T> last{static_cast<const char*>(last_values.data()),
                   last_values.ndim() == 1 ? last_values.strides(0) : 0};
     View2<T> fv{nullptr, 0, 0};
-    View2<bool> d{nullptr, 0, 0};
+    View2<std::uint8_t> d{nullptr, 0, 0};
     const bool has_final = final_values.has_value() && done.has_value();
     if (has_final) {
         require_rollout_shape(*final_values, values, "final_values");
@@ -157,7 +156,7 @@ py::array next_values_from_impl(const py::array& values, const py::array& last_v
         require_dtype<T>(*final_values, "final_values");
         require_dtype<bool>(*done, "done");
         fv = view2<T>(*final_values);
-        d = view2<bool>(*done);
+        d = view2<std::uint8_t>(*done);
     }
     auto out = empty_like_shape<T>(values);
     auto v = view2<T>(values);
@@ -193,7 +192,7 @@ std::tuple<double, py::array, double, double> clipped_surrogate_impl(
     ppo_core::SurrogateStats s;
     {
         py::gil_scoped_release release;  // as in gae_impl
-        s = ppo_core::clipped_surrogate<T>(n, nlp, olp, adv, T(clip_coef), pg);
+        s = ppo_core::dispatch::clipped_surrogate(n, nlp, olp, adv, T(clip_coef), pg);
     }
     return {s.loss, grad, s.clip_fraction, s.approx_kl};
 }
@@ -216,7 +215,7 @@ std::tuple<double, py::array, double> clipped_value_loss_impl(const py::array& v
     ppo_core::ValueLossStats s;
     {
         py::gil_scoped_release release;  // as in gae_impl
-        s = ppo_core::clipped_value_loss<T>(n, v, old, ret, T(clip_coef), pg);
+        s = ppo_core::dispatch::clipped_value_loss(n, v, old, ret, T(clip_coef), pg);
     }
     return {s.loss, grad, s.clip_fraction};
 }

@@ -27,7 +27,7 @@ struct SurrogateStats {
 // precision. NaN anywhere propagates to the loss (the comparisons are written so that
 // a NaN ratio or advantage never selects a finite branch silently).
 template <typename T>
-SurrogateStats clipped_surrogate(std::ptrdiff_t n, View1<T> new_log_prob,
+PPO_CORE_INLINE SurrogateStats clipped_surrogate(std::ptrdiff_t n, View1<T> new_log_prob,
                                  View1<T> old_log_prob, View1<T> advantages, T clip_coef,
                                  T* grad) {
     const T lo = T(1) - clip_coef;
@@ -76,7 +76,7 @@ struct ValueLossStats {
 //        = 0              elsewhere
 //   clip_fraction = mean((v_c - R)^2 > (v - R)^2)
 template <typename T>
-ValueLossStats clipped_value_loss(std::ptrdiff_t n, View1<T> values, View1<T> old_values,
+PPO_CORE_INLINE ValueLossStats clipped_value_loss(std::ptrdiff_t n, View1<T> values, View1<T> old_values,
                                   View1<T> returns, T clip_coef, T* grad) {
     const T inv_n = T(1) / T(n);
     double loss = 0.0;
@@ -94,9 +94,11 @@ ValueLossStats clipped_value_loss(std::ptrdiff_t n, View1<T> values, View1<T> ol
         const T old = old_values[i];
         const T ret = returns[i];
         const T d = v - old;
-        const T d_c = d < -clip_coef ? -clip_coef : (d > clip_coef ? clip_coef : d);
+        // v_c is v itself inside the clip range (not old + (v - old), which can round
+        // away from v and make a tie look like a clipped element).
+        const T v_c = d < -clip_coef ? old - clip_coef : (d > clip_coef ? old + clip_coef : v);
         const T err = v - ret;
-        const T err_c = (old + d_c) - ret;
+        const T err_c = v_c - ret;
         const T sq = err * err;
         const T sq_c = err_c * err_c;
         if (sq_c > sq) {

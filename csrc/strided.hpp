@@ -6,6 +6,13 @@
 #include <cstddef>
 #include <cstdint>
 
+// Kernels are force-inlined into the per-ISA entry points of dispatch.hpp.
+#if defined(__GNUC__) || defined(__clang__)
+#define PPO_CORE_INLINE inline __attribute__((always_inline))
+#else
+#define PPO_CORE_INLINE inline
+#endif
+
 namespace ppo_core {
 
 // A read-only 2-d view (T rows = time, N columns = environments), strides in bytes.
@@ -22,6 +29,16 @@ struct View2 {
         return reinterpret_cast<const T*>(data + t * stride_t);
     }
     bool row_contiguous() const { return stride_n == static_cast<std::ptrdiff_t>(sizeof(T)); }
+
+    // Row t as a 1-d strided view, indexable like a pointer.
+    struct StridedRow {
+        const char* data;
+        std::ptrdiff_t stride;
+        const T& operator[](std::ptrdiff_t n) const {
+            return *reinterpret_cast<const T*>(data + n * stride);
+        }
+    };
+    StridedRow strided_row(std::ptrdiff_t t) const { return {data + t * stride_t, stride_n}; }
 };
 
 // A read-only 1-d view, stride in bytes.

@@ -222,7 +222,9 @@ def clipped_value_loss(values, old_values, returns, *, clip_coef=None):
             loss_sum += 0.5 * err * err
             grad[i] = err / n
             continue
-        vc = old[i] + min(max(v[i] - old[i], -clip_coef), clip_coef)
+        d = v[i] - old[i]
+        # Inside the clip range v_c is v itself (old + (v - old) may round away from v).
+        vc = old[i] - clip_coef if d < -clip_coef else old[i] + clip_coef if d > clip_coef else v[i]
         err_c = vc - R[i]
         if err * err >= err_c * err_c:
             loss_sum += 0.5 * err * err
@@ -230,5 +232,5 @@ def clipped_value_loss(values, old_values, returns, *, clip_coef=None):
         else:
             clipped += 1
             loss_sum += 0.5 * err_c * err_c
-            grad[i] = err_c / n if abs(v[i] - old[i]) < clip_coef else 0.0
+            grad[i] = err_c / n if abs(d) < clip_coef else 0.0
     return ValueLossSpec(loss_sum / n, grad, clipped / n)

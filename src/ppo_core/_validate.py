@@ -29,8 +29,14 @@ def as_array(name: str, x) -> np.ndarray:
     return a
 
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
+
 def result_dtype(arrays: Sequence[np.ndarray]) -> np.dtype:
     """``np.result_type`` of the value-carrying arrays, at least float32."""
+    first = arrays[0].dtype
+    if (first == _F32 or first == _F64) and all(a.dtype == first for a in arrays):
+        return first  # the common case: one float dtype throughout
     dt = np.result_type(*arrays, np.float32)
     if dt.kind != "f" or dt.itemsize > 8:
         # float128 / longdouble has no kernel; float64 is the widest we compute in.
@@ -51,6 +57,9 @@ def as_mask(a: np.ndarray) -> np.ndarray:
 def rollout_shape(named: Sequence[Tuple[str, np.ndarray]]) -> Tuple[int, ...]:
     """All arrays share one shape, (T,) or (T, N)."""
     first_name, first = named[0]
+    shape = first.shape
+    if len(shape) in (1, 2) and all(a.shape == shape for _, a in named):
+        return shape  # the common case, checked in one pass
     if first.ndim not in (1, 2):
         raise ValueError(
             f"{first_name}: expected a time-major array of shape (T,) or (T, N), "
@@ -81,6 +90,8 @@ def same_shape(named: Sequence[Tuple[str, np.ndarray]]) -> Tuple[int, ...]:
 
 
 def _real(name: str, x) -> float:
+    if type(x) is float:  # the common case, without the slower ABC check below
+        return x
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name}: expected a real number, got {type(x).__name__} {x!r}")
     return float(x)

@@ -1,0 +1,362 @@
+"""Check this installed build of ppo_core against its NumPy spec.
+
+Run ``python -m ppo_core.verify`` (needs the ``verify`` extra: hypothesis). It draws
+random rollouts (shapes, dtypes, memory layouts, terminated/truncated patterns,
+gamma and lambda including 0 and 1) and loss minibatches, runs each through the
+compiled kernels and through ``ppo_core_spec``, the plain-loop definition installed
+with the wheel, and fails on any difference beyond a floating-point tolerance.
+
+The project's own test-suite imports the same strategies and properties from here,
+so what CI proves and what a user re-checks on their machine is one code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Tuple
+
+import numpy as np
+
+try:
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+except ImportError as exc:  # pragma: no cover - exercised by the CLI on a bare install
+    raise ImportError(
+        "ppo_core.verify needs hypothesis: pip install 'ppo_core[verify]'"
+    ) from exc
+
+import ppo_core
+import ppo_core_spec as spec
+
+# --------------------------------------------------------------------------------------
+# Tolerances
+#
+# The kernels evaluate the same expressions in the same order as the spec, but in the
+# result dtype, while the spec works in float64 on the same (already rounded) inputs.
+# GAE and returns are recursions: every step rounds a value of the size of the running
+# sum, and that error is carried on with weight (gamma*lam)^k, so the error of A_t is at
+# most ~ eps * H * (|A| + |inputs|), where H = min(T, 1/(1 - gamma*lam)) is the
+# effective horizon. We allow 8x that bound's constant for float32 (where the kernel
+# rounds each step to 24 bits) and for float64 (where only compiler contraction into
+# FMAs, e.g. on aarch64, can separate the two).
+# --------------------------------------------------------------------------------------
+
+
+def effective_horizon(T: int, decay: float) -> float:
+    return float(T) if decay >= 1.0 else min(float(T), 1.0 / (1.0 - decay))
+
+
+def recursion_atol(dtype, T: int, decay: float, expected: np.ndarray, *inputs) -> float:
+    eps = float(np.finfo(dtype).eps)
+    scale = max([float(np.max(np.abs(expected), initial=0.0))] +
+                [float(np.max(np.abs(x), initial=0.0)) for x in inputs if x is not None])
+    return 8.0 * eps * (effective_horizon(T, decay) + 1.0) * (scale + 1.0)
+
+
+def assert_close(actual, expected, atol, what):
+    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, rtol=0,
+                               atol=atol, err_msg=what, strict=False)
+
+
+# --------------------------------------------------------------------------------------
+# Strategies: draw the shape first, then every array of that shape
+# --------------------------------------------------------------------------------------
+
+LAYOUTS = ("C", "F", "strided", "reversed")
+MASK_DTYPES = (np.bool_, np.int8, np.int64, np.float32)
+
+
+def relayout(a: np.ndarray, layout: str) -> np.ndarray:
+    """The same values in another memory layout (a view into a bigger buffer, etc.)."""
+    if layout == "C":
+        return np.ascontiguousarray(a)
+    if layout == "F":
+        return np.asfortranarray(a)
+    if layout == "strided":
+        big = np.zeros(tuple(2 * s + 1 for s in a.shape), dtype=a.dtype)
+        view = big[tuple(slice(1, None, 2) for _ in a.shape)]
+        view[...] = a
+        return view
+    if layout == "reversed":
+        flipped = np.ascontiguousarray(a[(slice(None, None, -1),) * a.ndim])
+        return flipped[(slice(None, None, -1),) * a.ndim]
+    raise ValueError(layout)
+
+
+@dataclass
+class Rollout:
+    rewards: np.ndarray
+    values: np.ndarray
+    next_values: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    gamma: float
+    lam: float
+
+    def __repr__(self) -> str:  # keep failure reports readable for big arrays
+        return (f"Rollout(shape={self.rewards.shape}, dtype={self.rewards.dtype}, "
+                f"mask dtype={self.terminated.dtype}, gamma={self.gamma}, lam={self.lam}, "
+                f"terminated={int(np.count_nonzero(self.terminated))}, "
+                f"truncated={int(np.count_nonzero(self.truncated))}, "
+                f"layouts=({self._layout(self.rewards)}, {self._layout(self.terminated)}))")
+
+    @staticmethod
+    def _layout(a):
+        return "C" if a.flags.c_contiguous else "F" if a.flags.f_contiguous else f"strides={a.strides}"
+
+
+unit = st.one_of(st.sampled_from([0.0, 1.0, 0.9, 0.95, 0.99]),
+                 st.floats(0.0, 1.0, allow_nan=False))
+
+
+@st.composite
+def rollouts(draw, max_t: int = 3000, max_n: int = 64, small: bool = False) -> Rollout:
+    """A time-major rollout. ``small``: every element drawn by Hypothesis (shrinks to
+    the exact failing values); otherwise shapes, flag rates, layouts and gamma/lambda
+    are drawn and the bulk data comes from a seeded NumPy generator."""
+    two_d = draw(st.booleans())
+    T = draw(st.integers(1, 12 if small else max_t))
+    N = draw(st.integers(1, 4 if small else max_n)) if two_d else None
+    shape = (T,) if N is None else (T, N)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    mask_dtype = draw(st.sampled_from(MASK_DTYPES))
+    if small:
+        elems = st.floats(-100, 100, allow_nan=False, width=32)
+        r, v, nv = (draw(hnp.arrays(dtype, shape, elements=elems)) for _ in range(3))
+        term = draw(hnp.arrays(np.bool_, shape))
+        trunc = draw(hnp.arrays(np.bool_, shape))
+    else:
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+        p_term = draw(st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0]))
+        p_trunc = draw(st.sampled_from([0.0, 0.01, 0.1, 0.5, 1.0]))
+        r = rng.normal(0, 1, shape).astype(dtype)
+        v = rng.normal(0, 5, shape).astype(dtype)
+        nv = rng.normal(0, 5, shape).astype(dtype)
+        term = rng.random(shape) < p_term
+        trunc = rng.random(shape) < p_trunc
+    layout = draw(st.sampled_from(LAYOUTS))
+    mask_layout = draw(st.sampled_from(LAYOUTS))
+    return Rollout(relayout(r, layout), relayout(v, layout), relayout(nv, layout),
+                   relayout(term.astype(mask_dtype), mask_layout),
+                   relayout(trunc.astype(mask_dtype), mask_layout),
+                   draw(unit), draw(unit))
+
+
+@st.composite
+def minibatches(draw, max_n: int = 2000) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Three equal-shape arrays (log-probs / advantages or values / returns) and eps,
+    1-d or 2-d, in any layout."""
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    n = draw(st.integers(1, max_n))
+    shape = draw(st.sampled_from([(n,), (max(1, n // 8), 8)]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    spread = draw(st.sampled_from([0.01, 0.1, 0.5]))
+    a = rng.normal(0, 1, shape)
+    b = a + rng.normal(0, spread, shape)  # new/old log-probs, or values/old values
+    c = rng.normal(0, 1, shape)
+    layout = draw(st.sampled_from(LAYOUTS))
+    eps = draw(st.sampled_from([0.1, 0.2, 0.3]) | st.floats(0.01, 1.0))
+    return tuple(relayout(x.astype(dtype), layout) for x in (a, b, c)) + (eps,)
+
+
+def _f64(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------
+# Properties: the build equals the spec
+# --------------------------------------------------------------------------------------
+
+
+def check_gae(ro: Rollout) -> None:
+    adv, ret = ppo_core.gae(ro.rewards, ro.values, ro.next_values, ro.terminated,
+                            ro.truncated, gamma=ro.gamma, lam=ro.lam)
+    exp_adv, exp_ret = spec.gae(_f64(ro.rewards), _f64(ro.values), _f64(ro.next_values),
+                                ro.terminated, ro.truncated, gamma=ro.gamma, lam=ro.lam)
+    assert adv.dtype == ro.rewards.dtype and adv.shape == ro.rewards.shape, (adv.dtype, adv.shape)
+    assert ret.dtype == ro.rewards.dtype and ret.shape == ro.rewards.shape
+    T = ro.rewards.shape[0]
+    atol = recursion_atol(ro.rewards.dtype, T, ro.gamma * ro.lam, exp_adv,
+                          ro.rewards, ro.values, ro.next_values)
+    assert_close(adv, exp_adv, atol, "advantages")
+    assert_close(ret, exp_ret, atol, "returns")
+
+
+def check_discounted_returns(ro: Rollout, with_next_values: bool) -> None:
+    nv = ro.next_values if with_next_values else None
+    got = ppo_core.discounted_returns(ro.rewards, ro.terminated, ro.truncated, nv,
+                                      gamma=ro.gamma)
+    exp = spec.discounted_returns(_f64(ro.rewards), ro.terminated, ro.truncated,
+                                  None if nv is None else _f64(nv), gamma=ro.gamma)
+    assert got.dtype == ro.rewards.dtype and got.shape == ro.rewards.shape
+    atol = recursion_atol(ro.rewards.dtype, ro.rewards.shape[0], ro.gamma, exp,
+                          ro.rewards, nv)
+    assert_close(got, exp, atol, "discounted returns")
+
+
+def check_next_values_from(ro: Rollout, with_final: bool) -> None:
+    last = ro.next_values[-1]
+    kw = dict(final_values=ro.next_values, done=ro.terminated) if with_final else {}
+    got = ppo_core.next_values_from(ro.values, last, **kw)
+    exp = spec.next_values_from(_f64(ro.values), _f64(last), **{
+        k: (_f64(x) if k == "final_values" else x) for k, x in kw.items()})
+    assert got.dtype == ro.values.dtype and got.shape == ro.values.shape
+    # A pure gather: exact.
+    np.testing.assert_array_equal(_f64(got), exp, strict=True)
+
+
+def _loss_atol(dtype, *arrays) -> float:
+    # One exp / product per element, then a mean accumulated in float64 by both: the
+    # per-element rounding of the result dtype is the only difference.
+    eps = float(np.finfo(dtype).eps)
+    scale = max(float(np.max(np.abs(np.exp(np.clip(_f64(a), -50, 50))))) for a in arrays)
+    return 16.0 * eps * (scale + 1.0)
+
+
+def _near_kink_surrogate(new, old, adv, eps, dtype):
+    """Elements whose clip decision could flip by one rounding of the result dtype."""
+    ratio = np.exp(_f64(new) - _f64(old))
+    tol = 8 * float(np.finfo(dtype).eps) * (1 + ratio)
+    return (np.abs(ratio - (1 + eps)) < tol) | (np.abs(ratio - (1 - eps)) < tol) | \
+        (np.abs(_f64(adv)) < tol)
+
+
+def check_clipped_surrogate(new, old, adv, eps) -> None:
+    res = ppo_core.clipped_surrogate(new, old, adv, clip_coef=eps)
+    exp = spec.clipped_surrogate(_f64(new), _f64(old), _f64(adv), clip_coef=eps)
+    assert isinstance(res, ppo_core.SurrogateResult)
+    assert all(isinstance(x, float) for x in (res.loss, res.clip_fraction, res.approx_kl))
+    assert res.grad.dtype == new.dtype and res.grad.shape == new.shape
+    n = new.size
+    atol = _loss_atol(new.dtype, new - old.astype(np.float64)) * (1 + float(np.max(np.abs(_f64(adv)))))
+    kink = _near_kink_surrogate(new, old, adv, eps, new.dtype)
+    assert abs(res.loss - exp.loss) <= atol, ("loss", res.loss, exp.loss)
+    assert abs(res.approx_kl - exp.approx_kl) <= atol, ("approx_kl", res.approx_kl, exp.approx_kl)
+    assert abs(res.clip_fraction - exp.clip_fraction) <= np.count_nonzero(kink) / n + 1e-12
+    ok = ~kink
+    assert_close(res.grad[ok], exp.grad[ok], atol / n, "grad")
+
+
+def check_clipped_value_loss(values, old, returns, eps) -> None:
+    for clip in (None, eps):
+        res = ppo_core.clipped_value_loss(values, old, returns, clip_coef=clip)
+        exp = spec.clipped_value_loss(_f64(values), _f64(old), _f64(returns), clip_coef=clip)
+        assert isinstance(res, ppo_core.ValueLossResult) and isinstance(res.loss, float)
+        assert res.grad.dtype == values.dtype and res.grad.shape == values.shape
+        n = values.size
+        fe = float(np.finfo(values.dtype).eps)
+        scale = 1.0 + max(float(np.max(np.abs(_f64(x)))) for x in (values, old, returns))
+        atol = 16 * fe * scale * scale
+        assert abs(res.loss - exp.loss) <= atol, ("loss", clip, res.loss, exp.loss)
+        ok = np.ones(values.shape, bool)
+        if clip is not None:
+            # Elements where rounding in the result dtype could flip which term is
+            # larger, or whether |v - old| < eps, are compared by the loss only.
+            v, o, R = _f64(values), _f64(old), _f64(returns)
+            vc = o + np.clip(v - o, -clip, clip)
+            margin = 8 * fe * scale
+            ok = (np.abs(v - o) < clip - margin) | (
+                (np.abs(v - o) > clip + margin) &
+                (np.abs((v - R) ** 2 - (vc - R) ** 2) > 64 * fe * scale * scale))
+        assert_close(res.grad[ok], exp.grad[ok], 4 * fe * scale / n, "grad")
+
+
+# Hypothesis-wrapped properties. Settings (examples, deadline) come from the active
+# profile: the test-suite's conftest or ``main`` below.
+
+@given(rollouts())
+@example(Rollout(np.ones(1), np.zeros(1), np.ones(1), np.ones(1, bool), np.ones(1, bool), 0.0, 0.0))
+@example(Rollout(np.ones(5), np.zeros(5), np.ones(5), np.ones(5, bool), np.zeros(5, bool), 1.0, 1.0))
+@example(Rollout(np.ones(5), np.zeros(5), np.ones(5), np.zeros(5, bool), np.ones(5, bool), 0.99, 1.0))
+def gae_matches_spec(ro):
+    check_gae(ro)
+
+
+@given(rollouts(small=True))
+def gae_matches_spec_small(ro):
+    check_gae(ro)
+
+
+@given(rollouts(), st.booleans())
+def discounted_returns_matches_spec(ro, with_next_values):
+    check_discounted_returns(ro, with_next_values)
+
+
+@given(rollouts(small=True), st.booleans())
+def discounted_returns_matches_spec_small(ro, with_next_values):
+    check_discounted_returns(ro, with_next_values)
+
+
+@given(rollouts(max_t=500), st.booleans())
+def next_values_from_matches_spec(ro, with_final):
+    check_next_values_from(ro, with_final)
+
+
+@given(minibatches())
+def clipped_surrogate_matches_spec(mb):
+    check_clipped_surrogate(*mb)
+
+
+@given(minibatches())
+def clipped_value_loss_matches_spec(mb):
+    check_clipped_value_loss(*mb)
+
+
+PROPERTIES: Dict[str, Callable[[], None]] = {
+    "gae == spec (large rollouts, seeded data)": gae_matches_spec,
+    "gae == spec (small rollouts, every value drawn)": gae_matches_spec_small,
+    "discounted_returns == spec (large)": discounted_returns_matches_spec,
+    "discounted_returns == spec (small)": discounted_returns_matches_spec_small,
+    "next_values_from == spec": next_values_from_matches_spec,
+    "clipped_surrogate == spec (loss, grad, clip_fraction, approx_kl)": clipped_surrogate_matches_spec,
+    "clipped_value_loss == spec (unclipped and clipped)": clipped_value_loss_matches_spec,
+}
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ppo_core.verify",
+        description="Check this installed ppo_core build against its NumPy spec.")
+    parser.add_argument("--examples", type=int, default=100,
+                        help="Hypothesis examples per property (default 100)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="Hypothesis seed, for a reproducible run")
+    args = parser.parse_args(argv)
+    if args.examples < 1:
+        parser.error("--examples must be >= 1")
+
+    settings.register_profile(
+        "ppo_core_verify", max_examples=args.examples, deadline=None, derandomize=False,
+        database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.load_profile("ppo_core_verify")
+    print(f"ppo_core {ppo_core.__version__} from {ppo_core.__file__}")
+    print(f"spec: {spec.__file__}")
+    print(f"numpy {np.__version__}; {args.examples} examples per property; "
+          "float32 and float64; 1-d and 2-d; C, Fortran, strided and reversed layouts; "
+          "bool, int and float masks; gamma and lam in [0, 1] including 0 and 1")
+    failed = 0
+    t0 = time.perf_counter()
+    for name, prop in PROPERTIES.items():
+        t = time.perf_counter()
+        run = prop
+        if args.seed is not None:
+            from hypothesis import seed as hseed
+            run = hseed(args.seed)(prop)
+        try:
+            run()
+        except Exception as exc:  # report every property, then fail
+            failed += 1
+            print(f"FAIL  {name}\n      {type(exc).__name__}: {exc}")
+        else:
+            print(f"ok    {name}  ({time.perf_counter() - t:.1f} s)")
+    total = len(PROPERTIES)
+    print(f"{total - failed} passed, {failed} failed in {time.perf_counter() - t0:.1f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
