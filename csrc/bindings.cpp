@@ -51,10 +51,13 @@ void require_rollout_shape(const py::array& a, const py::array& ref, const char*
                               " differs from " + shape_str(ref));
 }
 
+// A (T,) array is read as (T, 1); its column stride is never used to move, so it is
+// set to the item size, which lets a contiguous (T,) array take the fast path.
 template <typename T>
 View2<T> view2(const py::array& a) {
     const char* p = static_cast<const char*>(a.data());
-    return {p, a.strides(0), a.ndim() == 2 ? a.strides(1) : 0};
+    return {p, a.strides(0),
+            a.ndim() == 2 ? a.strides(1) : static_cast<py::ssize_t>(sizeof(T))};
 }
 
 template <typename T>
