@@ -227,23 +227,15 @@ class ClippedValueLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, values: torch.Tensor, old_values: torch.Tensor,
                 returns: torch.Tensor, clip_coef: Optional[float]) -> Any:
-        v = _as_numpy("values", values)
-        old = _as_numpy("old_values", old_values)
-        ret = _as_numpy("returns", returns)
-        res = ppo_core.clipped_value_loss(v, old, ret, clip_coef=clip_coef)
-        if clip_coef is None:
-            frac = 0.0
-        else:
-            # Not part of the kernel result: the share of elements where the
-            # clipped term is strictly the larger one (its gradient is used).
-            dt = np.result_type(v, old, ret, np.float32)
-            v64, old64, ret64 = (np.asarray(a, dtype=dt) for a in (v, old, ret))
-            v_clipped = old64 + np.clip(v64 - old64, -clip_coef, clip_coef)
-            frac = float(np.mean((v_clipped - ret64) ** 2 > (v64 - ret64) ** 2))
-        grad = _grad_like(res.grad, values)
+        # ppo_core._clipped_value_loss is the kernel call that also returns the
+        # clip fraction mean((v_c - R)^2 > (v - R)^2) (0 without clipping).
+        loss_value, grad_array, frac = ppo_core._clipped_value_loss(
+            _as_numpy("values", values), _as_numpy("old_values", old_values),
+            _as_numpy("returns", returns), clip_coef)
+        grad = _grad_like(grad_array, values)
         ctx.save_for_backward(grad)
         dtype = values.dtype if values.is_floating_point() else grad.dtype
-        loss = torch.tensor(res.loss, dtype=dtype)
+        loss = torch.tensor(loss_value, dtype=dtype)
         clip_fraction = torch.tensor(frac, dtype=torch.float64)
         ctx.mark_non_differentiable(clip_fraction)
         return loss, clip_fraction

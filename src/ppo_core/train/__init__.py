@@ -1,0 +1,28 @@
+"""PPO trainer on the ppo_core kernels (needs the ``train`` extra: torch, gymnasium, matplotlib, tomli-w).
+
+Start with :class:`PPOConfig` and :func:`train` (or :class:`Trainer`); use a
+trained run with :func:`load_policy`. The swappable pieces are documented in
+:mod:`.estimators`, :mod:`.losses` and :mod:`.policies`; see ``docs/trainer.md``.
+"""
+
+from .agent import Policy, evaluate, load_policy
+from .config import PPOConfig, load_config, save_config
+from .envs import make_vector_env
+from .errors import ConfigError, RunDirError, TrainError
+from .estimators import ESTIMATORS, AdvantageEstimator, gae, returns_minus_baseline, reward_to_go
+from .losses import POLICY_LOSSES, PolicyLoss, SurrogateLoss, clipped_surrogate, policy_gradient
+from .policies import ActorCritic, MLPActorCritic, PolicyFactory, make_mlp_policy
+from .rollout import Rollout, RolloutCollector
+from .trainer import Trainer, train
+
+__all__ = [
+    "PPOConfig", "load_config", "save_config",
+    "Trainer", "train",
+    "Policy", "load_policy", "evaluate",
+    "make_vector_env",
+    "AdvantageEstimator", "gae", "returns_minus_baseline", "reward_to_go", "ESTIMATORS",
+    "PolicyLoss", "SurrogateLoss", "clipped_surrogate", "policy_gradient", "POLICY_LOSSES",
+    "ActorCritic", "MLPActorCritic", "PolicyFactory", "make_mlp_policy",
+    "Rollout", "RolloutCollector",
+    "TrainError", "ConfigError", "RunDirError",
+]

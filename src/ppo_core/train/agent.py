@@ -1,0 +1,142 @@
+"""Using a trained policy without the trainer: :func:`load_policy` and :func:`evaluate`."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Union
+
+import gymnasium
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import PPOConfig
+from .envs import episode_metrics_fns, make_vector_env
+from .errors import RunDirError
+from .normalize import ObsNormalizer
+from .policies import env_action, make_mlp_policy, space_from_dict
+
+__all__ = ["Policy", "load_policy", "evaluate"]
+
+
+class Policy:
+    """A trained policy with its observation normalization: ``act(obs, deterministic=True)``.
+
+    Attributes: ``config`` (the run's :class:`PPOConfig`), ``net`` (the
+    ``nn.Module``), ``observation_space``, ``action_space``, ``step`` (environment
+    steps the checkpoint was trained for).
+    """
+
+    def __init__(self, net: nn.Module, obs_normalizer: ObsNormalizer, observation_space: gymnasium.Space,
+                 action_space: gymnasium.Space, config: PPOConfig, step: int = 0) -> None:
+        self.net = net.eval()
+        self.obs_normalizer = obs_normalizer
+        self.observation_space = observation_space
+        self.action_space = action_space
+        self.config = config
+        self.step = step
+
+    @torch.no_grad()
+    def act(self, obs: Any, deterministic: bool = True) -> np.ndarray:
+        """Actions for one observation (shape ``obs_shape``) or a batch (``(B, *obs_shape)``).
+
+        Deterministic: the distribution's mode (arg-max for discrete actions,
+        the mean for Gaussian ones); otherwise a sample. Box actions are clipped
+        to the action space's bounds. Returns one action or a ``(B, ...)`` array.
+        """
+        obs = np.asarray(obs, np.float32)
+        shape = tuple(self.observation_space.shape)
+        single = obs.shape == shape
+        if single:
+            obs = obs[None]
+        elif obs.shape[1:] != shape:
+            raise ValueError(f"act: expected an observation of shape {shape} or a batch (B, *{shape}), "
+                             f"got shape {obs.shape}")
+        dist, _ = self.net(torch.from_numpy(self.obs_normalizer(obs)))
+        action = dist.mode if deterministic else dist.sample()
+        out = env_action(action, self.action_space)
+        return out[0] if single else out
+
+    @torch.no_grad()
+    def value(self, obs: Any) -> np.ndarray:
+        """V(obs) for one observation or a batch (normalization applied)."""
+        obs = np.asarray(obs, np.float32)
+        single = obs.shape == tuple(self.observation_space.shape)
+        obs = obs[None] if single else obs
+        v = self.net(torch.from_numpy(self.obs_normalizer(obs)))[1].numpy()
+        return v[0] if single else v
+
+
+def load_policy(run_dir: Union[str, os.PathLike], checkpoint: Optional[Union[str, os.PathLike]] = None, *,
+                policy_factory: Optional[Callable[..., nn.Module]] = None) -> Policy:
+    """Load the latest (or the given) checkpoint of a run as a :class:`Policy`.
+
+    ``policy_factory`` must be the one the run was trained with if it was not
+    the default MLP. Raises :class:`RunDirError` if ``run_dir`` is not a run or
+    holds no checkpoint.
+    """
+    if checkpoint is None:
+        ckpt.load_run_config(run_dir)  # raises RunDirError with a clear message
+        checkpoint = ckpt.latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise RunDirError(f"{run_dir} has no checkpoint yet")
+    state = ckpt.load_checkpoint(checkpoint)
+    config = PPOConfig.from_dict(state["config"], source=str(checkpoint))
+    obs_space = space_from_dict(state["observation_space"])
+    act_space = space_from_dict(state["action_space"])
+    net = (policy_factory or make_mlp_policy)(obs_space, act_space, config)
+    net.load_state_dict(state["policy"])
+    norm = ObsNormalizer(tuple(obs_space.shape), enabled=config.normalize_obs, clip=config.obs_clip)
+    norm.load_state_dict(state["obs_normalizer"])
+    return Policy(net, norm, obs_space, act_space, config, step=int(state["step"]))
+
+
+def evaluate(policy: Policy, env_id: Union[str, Callable[[], gymnasium.Env], None] = None, *,
+             episodes: int = 10, seed: Optional[int] = 0, deterministic: bool = True,
+             env_kwargs: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Run ``episodes`` full episodes in one environment; return summary statistics.
+
+    The result has ``episodes``, ``mean_return``, ``std_return``, ``mean_length``,
+    ``returns`` and, for env families that define ``episode_metrics`` and
+    ``summarize_episodes`` (see :mod:`.envs`; e.g. MetaDrive's success rate), the
+    keys of that summary. Rewards are the environment's raw rewards.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    env_id = env_id or policy.config.env_id
+    kwargs = policy.config.env_kwargs if env_kwargs is None else env_kwargs
+    envs = make_vector_env(env_id, 1, seed, env_kwargs=kwargs)
+    family_fns = episode_metrics_fns(env_id) if isinstance(env_id, str) else None
+    returns: List[float] = []
+    lengths: List[int] = []
+    per_episode: List[Dict[str, Any]] = []
+    try:
+        obs, _ = envs.reset(seed=seed)
+        ep_ret, ep_len = 0.0, 0
+        while len(returns) < episodes:
+            action = policy.act(obs, deterministic=deterministic)
+            obs, reward, term, trunc, info = envs.step(action)
+            ep_ret += float(reward[0])
+            ep_len += 1
+            if term[0] or trunc[0]:
+                returns.append(ep_ret)
+                lengths.append(ep_len)
+                if family_fns is not None:
+                    final_info = {k: v[0] for k, v in info.get("final_info", {}).items()
+                                  if not k.startswith("_")}
+                    per_episode.append(family_fns[0](final_info, ep_ret, ep_len))
+                ep_ret, ep_len = 0.0, 0
+    finally:
+        envs.close()
+    result: Dict[str, Any] = {
+        "episodes": len(returns),
+        "mean_return": float(np.mean(returns)),
+        "std_return": float(np.std(returns)),
+        "mean_length": float(np.mean(lengths)),
+        "returns": returns,
+    }
+    if family_fns is not None and per_episode:
+        summary = family_fns[1](per_episode)
+        result.update({k: v for k, v in summary.items() if k not in result})
+    return result

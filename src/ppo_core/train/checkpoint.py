@@ -1,0 +1,106 @@
+"""Atomic checkpoints and run-directory layout.
+
+A run directory holds ``config.toml`` (or ``config.json``), ``metrics.csv``,
+``learning_curve.png``, ``checkpoints/step_<step>.pt`` and, when tensorboard is
+installed, ``tb/``. Checkpoints are written to a temporary file in the same
+directory, fsynced, then renamed over (``os.replace`` is atomic on POSIX), so
+a SIGKILL at any moment leaves every ``step_*.pt`` complete: a half-written
+file only ever exists under a ``.tmp`` name that loading ignores.
+Checkpoints hold only tensors and plain Python data, so they load with
+``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+
+from .config import PPOConfig, load_config
+from .errors import RunDirError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint",
+           "config_path", "load_run_config", "is_run_dir"]
+
+_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def list_checkpoints(run_dir: Union[str, os.PathLike]) -> List[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Union[str, os.PathLike]) -> Optional[Path]:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def save_checkpoint(run_dir: Union[str, os.PathLike], state: Dict[str, Any], step: int, keep: int = 3) -> Path:
+    """Write ``state`` as ``checkpoints/step_<step>.pt`` atomically; keep the newest ``keep``."""
+    import io
+
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path = ckpt_dir / f"step_{step:012d}.pt"
+    atomic_write_bytes(path, buf.getvalue())
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def config_path(run_dir: Union[str, os.PathLike]) -> Optional[Path]:
+    for name in ("config.toml", "config.json"):
+        p = Path(run_dir) / name
+        if p.is_file():
+            return p
+    return None
+
+
+def is_run_dir(run_dir: Union[str, os.PathLike]) -> bool:
+    return config_path(run_dir) is not None
+
+
+def load_run_config(run_dir: Union[str, os.PathLike]) -> PPOConfig:
+    """The saved config of a run; :class:`RunDirError` if ``run_dir`` is not a run."""
+    if not Path(run_dir).is_dir():
+        raise RunDirError(f"run directory not found: {run_dir}")
+    path = config_path(run_dir)
+    if path is None:
+        raise RunDirError(f"{run_dir} is not a run directory (no config.toml or config.json in it)")
+    return load_config(path)

@@ -1,0 +1,264 @@
+"""The trainer's configuration: one dataclass, read from and written to TOML or JSON.
+
+Defaults follow CleanRL's ``ppo_continuous_action.py`` (the PPO paper's MuJoCo
+settings); ``configs/`` holds tuned files for CartPole and Pendulum.
+TOML has no null, so "off" for an optional number is written as 0
+(``target_kl = 0``, ``vf_clip_coef = 0``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from .errors import ConfigError
+
+__all__ = ["PPOConfig", "load_config", "save_config"]
+
+
+@dataclass
+class PPOConfig:
+    """Every setting of a PPO run. Field docstrings say what each one does."""
+
+    env_id: str = ""
+    """Gymnasium environment id (e.g. ``CartPole-v1``) or ``metadrive``."""
+
+    seed: int = 1
+    """Seed of torch, NumPy and the environments (env i gets ``seed + i``)."""
+
+    total_steps: int = 1_000_000
+    """Environment steps to run (summed over envs), rounded up to whole rollouts; at least one update always runs."""
+
+    num_envs: int = 1
+    """Number of parallel environments in the vector env."""
+
+    async_envs: bool = False
+    """Step the environments in subprocesses (``AsyncVectorEnv``) instead of in-process (``SyncVectorEnv``)."""
+
+    num_steps: int = 2048
+    """Steps per environment per rollout; one update uses ``num_envs * num_steps`` transitions."""
+
+    learning_rate: float = 3e-4
+    """Adam learning rate (the starting value when ``anneal_lr``)."""
+
+    anneal_lr: bool = True
+    """Decay the learning rate linearly to 0 over the run."""
+
+    adam_eps: float = 1e-5
+    """Adam's epsilon (1e-5 as in the PPO implementations, not PyTorch's 1e-8)."""
+
+    gamma: float = 0.99
+    """Discount factor γ."""
+
+    lam: float = 0.95
+    """GAE λ (Schulman et al. 2015); ignored by the other advantage estimators."""
+
+    num_minibatches: int = 32
+    """Minibatches per epoch; the batch is split into this many shuffled pieces."""
+
+    update_epochs: int = 10
+    """Passes over the batch per update."""
+
+    norm_adv: bool = True
+    """Normalize advantages per minibatch to zero mean, unit std (a minibatch of one is left as is)."""
+
+    clip_coef: float = 0.2
+    """Surrogate clipping ε."""
+
+    vf_clip_coef: float = 0.2
+    """Value clipping ε around the rollout's values; 0 turns value clipping off."""
+
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+
+    vf_coef: float = 0.5
+    """Value loss coefficient."""
+
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip; 0 turns it off."""
+
+    target_kl: float = 0.0
+    """Stop the update's epochs early once the last epoch's mean approx KL exceeds this; 0 turns it off."""
+
+    normalize_obs: bool = True
+    """Normalize observations with running mean/std (saved with checkpoints)."""
+
+    obs_clip: float = 10.0
+    """Clip normalized observations to ±obs_clip."""
+
+    normalize_reward: bool = True
+    """Scale rewards by the running std of the discounted return (saved with checkpoints)."""
+
+    reward_clip: float = 10.0
+    """Clip scaled rewards to ±reward_clip."""
+
+    hidden_sizes: list = field(default_factory=lambda: [64, 64])
+    """Hidden layer widths of the MLPs."""
+
+    activation: str = "tanh"
+    """Hidden activation: ``tanh`` or ``relu``."""
+
+    shared_network: bool = False
+    """One MLP trunk for actor and critic (two heads) instead of two separate MLPs."""
+
+    init_log_std: float = 0.0
+    """Initial log standard deviation of the Gaussian policy (Box actions)."""
+
+    advantage_estimator: str = "gae"
+    """``gae``, ``returns_minus_baseline`` or ``reward_to_go`` (or pass your own to the Trainer)."""
+
+    policy_loss: str = "clipped_surrogate"
+    """``clipped_surrogate`` or ``policy_gradient`` (unclipped; or pass your own to the Trainer)."""
+
+    torch_threads: int = 1
+    """Threads of torch's intra-op pool; 1 suits small MLPs on a 2-core machine and leaves a core to the envs."""
+
+    checkpoint_every: int = 10
+    """Write a checkpoint and redraw the learning curve every this many updates (and at the end)."""
+
+    keep_checkpoints: int = 3
+    """Number of most recent checkpoints kept in ``checkpoints/``."""
+
+    env_kwargs: dict = field(default_factory=dict)
+    """Extra keyword arguments for the environment constructor."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first field with an invalid value."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = _default(f)
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool)
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+                if ok:
+                    setattr(self, f.name, float(value))
+                    value = float(value)
+                    ok = math.isfinite(value)
+            else:
+                ok = isinstance(value, type(default))
+            if not ok:
+                raise ConfigError(
+                    f"config key {f.name!r}: expected {type(default).__name__}, got {value!r}"
+                )
+        positive = ["num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads",
+                    "checkpoint_every", "keep_checkpoints", "clip_coef", "obs_clip", "reward_clip"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config key {name!r} must be > 0, got {getattr(self, name)!r}")
+        non_negative = ["total_steps", "learning_rate", "vf_clip_coef", "ent_coef", "vf_coef",
+                        "max_grad_norm", "target_kl", "adam_eps"]
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("gamma", "lam"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"config key {name!r} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.num_minibatches > self.batch_size:
+            raise ConfigError(
+                f"config key 'num_minibatches' ({self.num_minibatches}) exceeds the batch size "
+                f"num_envs * num_steps = {self.batch_size}"
+            )
+        if not self.hidden_sizes or not all(
+            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in self.hidden_sizes
+        ):
+            raise ConfigError(f"config key 'hidden_sizes' must be a non-empty list of positive ints, "
+                              f"got {self.hidden_sizes!r}")
+        if self.activation not in ("tanh", "relu"):
+            raise ConfigError(f"config key 'activation' must be 'tanh' or 'relu', got {self.activation!r}")
+
+    @property
+    def batch_size(self) -> int:
+        """Transitions per update: ``num_envs * num_steps``."""
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        """Updates needed for ``total_steps``, rounded up, and at least one."""
+        return max(1, -(-self.total_steps // self.batch_size))
+
+    def to_dict(self) -> dict:
+        """Plain-data copy, suitable for TOML/JSON and for checkpoints."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, source: str = "config") -> "PPOConfig":
+        """Build a config from a mapping; unknown keys raise :class:`ConfigError`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a table of settings, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown config key {unknown[0]!r} (known keys: {', '.join(sorted(known))})"
+            )
+        try:
+            return cls(**data)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def replace(self, **changes: Any) -> "PPOConfig":
+        """A validated copy with some fields changed."""
+        return self.from_dict({**self.to_dict(), **changes}, source="override")
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def load_config(path: Union[str, os.PathLike]) -> PPOConfig:
+    """Read a config from a ``.toml`` or ``.json`` file (keys may be under a ``[ppo]`` table).
+
+    Missing keys take their defaults. Raises :class:`ConfigError` for a missing
+    file, a parse error, an unknown key or a bad value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix == ".toml":
+            if sys.version_info >= (3, 11):
+                import tomllib
+            else:  # pragma: no cover
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: expected a .toml or .json file")
+    except (ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"config file {path}: cannot parse: {e}") from None
+    if isinstance(data, dict) and set(data) == {"ppo"}:
+        data = data["ppo"]
+    return PPOConfig.from_dict(data, source=f"config file {path}")
+
+
+def save_config(config: PPOConfig, path: Union[str, os.PathLike]) -> None:
+    """Write ``config`` as TOML (``.toml``, needs ``tomli-w``) or JSON (any other suffix), atomically."""
+    path = Path(path)
+    data = config.to_dict()
+    if path.suffix == ".toml":
+        import tomli_w
+
+        text = tomli_w.dumps(data)
+    else:
+        text = json.dumps(data, indent=2) + "\n"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

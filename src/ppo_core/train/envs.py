@@ -1,0 +1,147 @@
+"""Environment construction: the one place the trainer and ``ppo-core eval`` make environments.
+
+Gymnasium ids go to ``gymnasium.make``; the id ``metadrive`` (or any id
+starting with ``metadrive``) is dispatched to :mod:`ppo_core.envs.metadrive`
+through an adapter in :data:`FAMILY_VECTOR_ENVS` (``env_kwargs`` become its
+``MetaDriveConfig``). For evaluation, a family module may define
+``episode_metrics(final_info, ep_return, ep_len) -> dict`` and
+``summarize_episodes(list_of_those) -> dict``; :func:`ppo_core.train.evaluate`
+merges the summary into its result (success rate etc.). A new family is one
+adapter function here plus a module in ``ppo_core.envs``.
+
+The vector env returned here always uses ``AutoresetMode.SAME_STEP``: when a
+sub-environment ends an episode, the observation returned is already the
+reset one and ``info["final_obs"][i]`` holds the real final observation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Any, Callable, Dict, Optional, Tuple, Union
+
+import gymnasium
+from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
+
+from .errors import ConfigError
+
+__all__ = ["make_vector_env", "env_family", "episode_metrics_fns", "FAMILY_VECTOR_ENVS"]
+
+EnvFactory = Callable[[], gymnasium.Env]
+
+
+def env_family(env_id: str) -> Optional[str]:
+    """The ``ppo_core.envs`` module name serving ``env_id``, or None for plain gymnasium ids."""
+    if env_id.lower().startswith("metadrive"):
+        return "metadrive"
+    return None
+
+
+def _family_module(family: str) -> Any:
+    return importlib.import_module(f"ppo_core.envs.{family}")
+
+
+def _single_thread_worker() -> None:
+    # Env workers (AsyncVectorEnv subprocesses) must not each start a full
+    # torch/OpenMP thread pool on a machine with few cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
+class _Thunk:
+    """Picklable env factory for (Sync|Async)VectorEnv."""
+
+    def __init__(self, env_id: str, env_kwargs: Dict[str, Any], in_worker: bool) -> None:
+        self.env_id = env_id
+        self.env_kwargs = env_kwargs
+        self.in_worker = in_worker
+
+    def __call__(self) -> gymnasium.Env:
+        if self.in_worker:
+            _single_thread_worker()
+        return gymnasium.make(self.env_id, **self.env_kwargs)
+
+
+def _check_gymnasium_id(env_id: str) -> None:
+    if ":" in env_id:  # "module:EnvId" imports the module that registers the env
+        module, _, env_name = env_id.partition(":")
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ConfigError(f"unknown environment id {env_id!r}: cannot import {module!r} ({e})") from None
+        env_id = env_name
+    try:
+        gymnasium.spec(env_id)
+    except gymnasium.error.Error as e:
+        raise ConfigError(f"unknown environment id {env_id!r}: {e}") from None
+
+
+def make_vector_env(
+    env_id: Union[str, EnvFactory],
+    num_envs: int,
+    seed: Optional[int] = None,
+    *,
+    asynchronous: bool = False,
+    env_kwargs: Optional[Dict[str, Any]] = None,
+) -> gymnasium.vector.VectorEnv:
+    """A gymnasium vector env with same-step autoreset, not yet reset.
+
+    Parameters
+    ----------
+    env_id: a registered gymnasium id, ``"metadrive"``, or a zero-argument
+        callable returning a ``gymnasium.Env`` (for custom environments).
+    num_envs: number of sub-environments.
+    seed: kept for the env families that seed at construction; gymnasium
+        envs are seeded by the caller's ``reset(seed=seed)``.
+    asynchronous: ``AsyncVectorEnv`` (subprocesses) instead of ``SyncVectorEnv``.
+    env_kwargs: keyword arguments for the environment constructor.
+
+    Raises :class:`ConfigError` for an unknown id.
+    """
+    env_kwargs = dict(env_kwargs or {})
+    if isinstance(env_id, str):
+        family = env_family(env_id)
+        if family is not None:
+            return FAMILY_VECTOR_ENVS[family](env_id, num_envs, seed, asynchronous, env_kwargs)
+        _check_gymnasium_id(env_id)
+        fns: list = [_Thunk(env_id, env_kwargs, asynchronous) for _ in range(num_envs)]
+    else:
+        fns = [env_id for _ in range(num_envs)]
+    if asynchronous:
+        return AsyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    return SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+
+
+def episode_metrics_fns(env_id: str) -> Optional[Tuple[Callable[..., Dict[str, Any]], Callable[..., Dict[str, Any]]]]:
+    """The env family's ``(episode_metrics, summarize_episodes)`` for eval, or None."""
+    family = env_family(env_id)
+    if family is None:
+        return None
+    module = _family_module(family)
+    per_episode = getattr(module, "episode_metrics", None)
+    summarize = getattr(module, "summarize_episodes", None)
+    if per_episode is None or summarize is None:
+        return None
+    return per_episode, summarize
+
+
+def _metadrive_vector_env(env_id: str, num_envs: int, seed: Optional[int], asynchronous: bool,
+                          env_kwargs: Dict[str, Any]) -> gymnasium.vector.VectorEnv:
+    # MetaDrive always runs in worker processes (one engine per process), so
+    # `asynchronous` is ignored.
+    md = _family_module("metadrive")
+    try:
+        md_config = md.MetaDriveConfig.from_dict(env_kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"env_kwargs for {env_id!r}: {e}") from None
+    return md.make_vector_env(md_config, num_envs, seed)
+
+
+#: ``family -> adapter(env_id, num_envs, seed, asynchronous, env_kwargs) -> VectorEnv``.
+FAMILY_VECTOR_ENVS: Dict[str, Callable[..., gymnasium.vector.VectorEnv]] = {
+    "metadrive": _metadrive_vector_env,
+}

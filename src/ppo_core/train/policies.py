@@ -1,0 +1,155 @@
+"""Policy networks: the :class:`ActorCritic` interface and the default MLP implementation.
+
+The trainer needs only this from a network (swap it by passing
+``policy_factory=`` to :class:`~ppo_core.train.Trainer`)::
+
+    net(obs) -> (dist, value)
+
+``obs`` is a float32 tensor ``(B, *obs_shape)`` (already normalized when
+``normalize_obs``); ``dist`` is a ``torch.distributions.Distribution`` over a
+batch of B actions whose ``log_prob(action)`` and ``entropy()`` have shape
+``(B,)`` and which has ``sample()`` and ``mode``; ``value`` has shape ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Protocol, Sequence, Tuple
+
+import gymnasium
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Categorical, Distribution, Independent, Normal
+
+from .errors import ConfigError
+
+__all__ = [
+    "ActorCritic",
+    "PolicyFactory",
+    "MLPActorCritic",
+    "make_mlp_policy",
+    "space_to_dict",
+    "space_from_dict",
+    "env_action",
+]
+
+
+class ActorCritic(Protocol):
+    """What the trainer calls: ``net(obs) -> (dist, value)``; also an ``nn.Module``."""
+
+    def __call__(self, obs: torch.Tensor) -> Tuple[Distribution, torch.Tensor]: ...
+
+
+#: ``factory(observation_space, action_space, config) -> nn.Module`` implementing :class:`ActorCritic`.
+PolicyFactory = Callable[[gymnasium.Space, gymnasium.Space, Any], nn.Module]
+
+
+def _layer(in_dim: int, out_dim: int, gain: float) -> nn.Linear:
+    # Orthogonal weights, zero bias (Engstrom et al. 2020; CleanRL's layer_init).
+    layer = nn.Linear(in_dim, out_dim)
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _mlp(in_dim: int, hidden: Sequence[int], activation: str) -> nn.Sequential:
+    act = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
+    layers: list = []
+    for width in hidden:
+        layers += [_layer(in_dim, width, math.sqrt(2)), act()]
+        in_dim = width
+    return nn.Sequential(*layers)
+
+
+class MLPActorCritic(nn.Module):
+    """MLP actor-critic: Categorical for ``Discrete`` actions, diagonal Gaussian for ``Box``.
+
+    The Gaussian has a state-independent log-std parameter; its samples are
+    unbounded (clip them only when sending them to the env, see
+    :func:`env_action`) so log-probs are those of the sampled action.
+    ``shared=True`` puts one trunk under both heads. Hidden layers use
+    orthogonal init with gain √2, the policy head 0.01, the value head 1.
+    """
+
+    def __init__(self, obs_dim: int, action_space: gymnasium.Space, hidden_sizes: Sequence[int] = (64, 64),
+                 activation: str = "tanh", shared: bool = False, init_log_std: float = 0.0) -> None:
+        super().__init__()
+        if isinstance(action_space, gymnasium.spaces.Discrete):
+            self.discrete = True
+            out_dim = int(action_space.n)
+        elif isinstance(action_space, gymnasium.spaces.Box):
+            self.discrete = False
+            out_dim = int(np.prod(action_space.shape))
+        else:
+            raise ConfigError(f"unsupported action space {action_space}: expected Discrete or Box")
+        self.shared = shared
+        width = hidden_sizes[-1]
+        self.flatten = nn.Flatten()
+        if shared:
+            self.trunk = _mlp(obs_dim, hidden_sizes, activation)
+        else:
+            self.actor_body = _mlp(obs_dim, hidden_sizes, activation)
+            self.critic_body = _mlp(obs_dim, hidden_sizes, activation)
+        self.actor_head = _layer(width, out_dim, 0.01)
+        self.critic_head = _layer(width, 1, 1.0)
+        if not self.discrete:
+            self.log_std = nn.Parameter(torch.full((out_dim,), float(init_log_std)))
+            self.action_shape = tuple(action_space.shape)
+
+    def forward(self, obs: torch.Tensor) -> Tuple[Distribution, torch.Tensor]:
+        x = self.flatten(obs)
+        if self.shared:
+            h_actor = h_critic = self.trunk(x)
+        else:
+            h_actor, h_critic = self.actor_body(x), self.critic_body(x)
+        out = self.actor_head(h_actor)
+        value = self.critic_head(h_critic).squeeze(-1)
+        if self.discrete:
+            return Categorical(logits=out), value
+        mean = out.reshape(-1, *self.action_shape)
+        std = self.log_std.exp().reshape(self.action_shape).expand_as(mean)
+        return Independent(Normal(mean, std), len(self.action_shape)), value
+
+
+def make_mlp_policy(observation_space: gymnasium.Space, action_space: gymnasium.Space, config: Any) -> nn.Module:
+    """The default :data:`PolicyFactory`: an :class:`MLPActorCritic` sized from ``config``."""
+    if not isinstance(observation_space, gymnasium.spaces.Box):
+        raise ConfigError(f"unsupported observation space {observation_space}: expected Box")
+    return MLPActorCritic(
+        int(np.prod(observation_space.shape)),
+        action_space,
+        hidden_sizes=config.hidden_sizes,
+        activation=config.activation,
+        shared=config.shared_network,
+        init_log_std=config.init_log_std,
+    )
+
+
+def space_to_dict(space: gymnasium.Space) -> Dict[str, Any]:
+    """Plain-data description of a Box or Discrete space (safe for ``torch.load(weights_only=True)``)."""
+    if isinstance(space, gymnasium.spaces.Discrete):
+        return {"type": "Discrete", "n": int(space.n), "start": int(space.start)}
+    if isinstance(space, gymnasium.spaces.Box):
+        return {"type": "Box", "low": space.low.tolist(), "high": space.high.tolist(),
+                "shape": list(space.shape), "dtype": str(space.dtype)}
+    raise ConfigError(f"unsupported space {space}: expected Box or Discrete")
+
+
+def space_from_dict(data: Dict[str, Any]) -> gymnasium.Space:
+    """Inverse of :func:`space_to_dict`."""
+    if data["type"] == "Discrete":
+        return gymnasium.spaces.Discrete(data["n"], start=data.get("start", 0))
+    return gymnasium.spaces.Box(
+        low=np.asarray(data["low"], data["dtype"]).reshape(data["shape"]),
+        high=np.asarray(data["high"], data["dtype"]).reshape(data["shape"]),
+        dtype=np.dtype(data["dtype"]),
+    )
+
+
+def env_action(action: torch.Tensor, action_space: gymnasium.Space) -> np.ndarray:
+    """Turn sampled actions into what the env accepts: integers, or Box actions clipped to the bounds."""
+    a = action.detach().cpu().numpy()
+    if isinstance(action_space, gymnasium.spaces.Discrete):
+        return a.astype(np.int64) + int(action_space.start)
+    return np.clip(a, action_space.low, action_space.high).astype(action_space.dtype)

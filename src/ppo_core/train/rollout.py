@@ -1,0 +1,148 @@
+"""Rollout collection from a gymnasium vector env with same-step autoreset.
+
+Bootstrapping rule (the step users get wrong most often): with
+``AutoresetMode.SAME_STEP`` the observation returned at an episode's end is the
+*reset* observation of the next episode; the real final observation is in
+``info["final_obs"]``. A truncated step (time limit) bootstraps with
+V(final observation); a terminated step bootstraps nothing (0). Both go
+through :func:`ppo_core.torch.next_values_from` with ``done = terminated | truncated``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import gymnasium
+import numpy as np
+import torch
+
+from ppo_core import torch as ppo_torch
+
+from .normalize import ObsNormalizer, RewardScaler
+from .policies import env_action
+
+__all__ = ["Rollout", "RolloutCollector"]
+
+
+@dataclass
+class Rollout:
+    """One rollout, time-major: every field is ``(T, N, ...)``.
+
+    ``obs`` are normalized observations (as the policy saw them); ``rewards``
+    are scaled rewards (as the learner sees them); ``next_values`` is V of the
+    observation that really followed each step (0 after a termination).
+    """
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    log_probs: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    next_values: torch.Tensor
+    episode_returns: List[float] = field(default_factory=list)
+    """Raw (unscaled) returns of the episodes that ended during this rollout."""
+    episode_lengths: List[int] = field(default_factory=list)
+
+
+class RolloutCollector:
+    """Steps a vector env with a policy and fills :class:`Rollout` s.
+
+    Keeps the current observations and per-env episode accumulators between
+    calls, and updates the observation normalizer and reward scaler as it goes.
+    """
+
+    def __init__(self, envs: gymnasium.vector.VectorEnv, policy: Callable, obs_normalizer: ObsNormalizer,
+                 reward_scaler: RewardScaler, seed: Optional[int], *, update_stats_on_reset: bool = True) -> None:
+        self.envs = envs
+        self.policy = policy
+        self.obs_normalizer = obs_normalizer
+        self.reward_scaler = reward_scaler
+        self.num_envs = envs.num_envs
+        self.action_space = envs.single_action_space
+        obs, _ = envs.reset(seed=seed)
+        if seed is not None:
+            envs.action_space.seed(seed)
+        self.raw_obs = np.asarray(obs)
+        if update_stats_on_reset:  # off on resume: keep the checkpoint's statistics as saved
+            self.obs_normalizer.update(self.raw_obs)
+        self.ep_return = np.zeros(self.num_envs, np.float64)
+        self.ep_length = np.zeros(self.num_envs, np.int64)
+        self.recent_returns: deque = deque(maxlen=20)
+        self.recent_lengths: deque = deque(maxlen=20)
+
+    @torch.no_grad()
+    def _value(self, raw_obs: np.ndarray) -> torch.Tensor:
+        obs = torch.from_numpy(self.obs_normalizer(raw_obs))
+        return self.policy(obs)[1].float()
+
+    @torch.no_grad()
+    def collect(self, num_steps: int) -> Rollout:
+        T, N = num_steps, self.num_envs
+        obs_buf = torch.zeros((T, N, *self.raw_obs.shape[1:]), dtype=torch.float32)
+        values = torch.zeros((T, N))
+        log_probs = torch.zeros((T, N))
+        rewards = torch.zeros((T, N))
+        terminated = torch.zeros((T, N), dtype=torch.bool)
+        truncated = torch.zeros((T, N), dtype=torch.bool)
+        final_values = torch.zeros((T, N))
+        actions: Optional[torch.Tensor] = None
+        ep_returns: List[float] = []
+        ep_lengths: List[int] = []
+
+        for t in range(T):
+            obs = torch.from_numpy(self.obs_normalizer(self.raw_obs))
+            dist, value = self.policy(obs)
+            action = dist.sample()
+            if actions is None:
+                actions = torch.zeros((T, *action.shape), dtype=action.dtype)
+            obs_buf[t] = obs
+            actions[t] = action
+            log_probs[t] = dist.log_prob(action)
+            values[t] = value
+
+            next_obs, reward, term, trunc, info = self.envs.step(env_action(action, self.action_space))
+            term = np.asarray(term, bool)
+            trunc = np.asarray(trunc, bool) & ~term  # both set: the episode really ended
+            done = term | trunc
+
+            if trunc.any():
+                idx = np.flatnonzero(trunc)
+                final_obs = np.stack([np.asarray(info["final_obs"][i]) for i in idx])
+                final_values[t, torch.from_numpy(idx)] = self._value(final_obs)
+
+            reward = np.asarray(reward, np.float64)
+            rewards[t] = torch.from_numpy(self.reward_scaler(reward, done))
+            terminated[t] = torch.from_numpy(term)
+            truncated[t] = torch.from_numpy(trunc)
+
+            self.ep_return += reward
+            self.ep_length += 1
+            for i in np.flatnonzero(done):
+                ep_returns.append(float(self.ep_return[i]))
+                ep_lengths.append(int(self.ep_length[i]))
+            self.ep_return[done] = 0.0
+            self.ep_length[done] = 0
+
+            self.raw_obs = np.asarray(next_obs)
+            self.obs_normalizer.update(self.raw_obs)
+
+        last_values = self._value(self.raw_obs)
+        next_values = ppo_torch.next_values_from(
+            values, last_values, final_values=final_values, done=terminated | truncated
+        )
+        self.recent_returns.extend(ep_returns)
+        self.recent_lengths.extend(ep_lengths)
+        assert actions is not None
+        return Rollout(obs_buf, actions, log_probs, values, rewards, terminated, truncated, next_values,
+                       ep_returns, ep_lengths)
+
+    def state_dict(self) -> dict:
+        return {"recent_returns": list(self.recent_returns), "recent_lengths": list(self.recent_lengths)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.recent_returns.extend(state.get("recent_returns", []))
+        self.recent_lengths.extend(state.get("recent_lengths", []))

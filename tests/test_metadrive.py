@@ -1,0 +1,261 @@
+"""MetaDrive environment layer (ppo_core.envs.metadrive): offline start, episode
+semantics, vector envs, evaluation, GIFs. Skipped where metadrive is not installed.
+
+Tests that build an env in this process close it (MetaDrive's engine is a
+per-process singleton); the others run MetaDrive in spawned worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import urllib.request
+
+import numpy as np
+import pytest
+
+pytest.importorskip("metadrive")
+gym = pytest.importorskip("gymnasium")
+
+from ppo_core.envs import metadrive_available  # noqa: E402
+from ppo_core.envs import metadrive as md  # noqa: E402
+
+SMALL = md.MetaDriveConfig(num_scenarios=10, start_seed=0, horizon=50)
+TURN_FULL_THROTTLE = np.array([1.0, 1.0], dtype=np.float32)  # hard left, full throttle
+STRAIGHT = np.array([0.0, 0.5], dtype=np.float32)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make any socket connection or urllib download in this process raise."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+
+
+@pytest.fixture
+def make_env():
+    """Build in-process envs and always close them (one engine per process)."""
+    envs = []
+
+    def factory(config=SMALL, **kwargs):
+        env = md.make_metadrive_env(config, **kwargs)
+        envs.append(env)
+        return env
+
+    yield factory
+    for env in envs:
+        env.close()
+
+
+def run_until_done(env, action, max_steps=10_000):
+    for n in range(1, max_steps + 1):
+        obs, reward, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            return n, obs, terminated, truncated, info
+    raise AssertionError("episode did not end")
+
+
+def test_package_is_import_light():
+    code = (
+        "import sys, ppo_core.envs, ppo_core.envs.metadrive as m; "
+        "assert 'torch' not in sys.modules; "
+        "assert not any(k == 'metadrive' or k.startswith('metadrive.') for k in sys.modules), 'metadrive imported'"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+    assert metadrive_available()
+
+
+def test_offline_assets_patch_when_missing_and_untouched_when_present(monkeypatch):
+    from metadrive.engine.base_engine import BaseEngine
+
+    status, _ = md.asset_status()
+    state = md.ensure_offline_assets()
+    if status == "present":
+        assert state == "present"
+        assert BaseEngine.try_pull_asset is not md._skip_asset_pull
+    else:
+        assert state == "patched"
+        assert BaseEngine.try_pull_asset is md._skip_asset_pull
+
+    # A user with the real assets: nothing is patched.
+    monkeypatch.setattr(md, "_offline_state", None)
+    monkeypatch.setattr(BaseEngine, "try_pull_asset", staticmethod(lambda: None))
+    original = BaseEngine.__dict__["try_pull_asset"]
+    monkeypatch.setattr(md, "asset_status", lambda: ("present", "/fake/assets"))
+    assert md.ensure_offline_assets() == "present"
+    assert BaseEngine.__dict__["try_pull_asset"] is original
+
+
+def test_offline_start_with_network_blocked(no_network, make_env):
+    env = make_env()
+    obs, info = env.reset(seed=3)
+    assert obs.shape == env.observation_space.shape and obs.dtype == np.float32
+    for _ in range(20):
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert isinstance(reward, float)
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
+def test_offline_start_in_network_namespace(tmp_path):
+    """A fresh process in a network namespace without any network starts, steps and renders."""
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a network namespace here (needs root / user namespaces)")
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from ppo_core.envs.metadrive import MetaDriveConfig, MetaDriveGymEnv
+        env = MetaDriveGymEnv(MetaDriveConfig(num_scenarios=2, horizon=30), render_mode="rgb_array")
+        env.reset(seed=1)
+        for _ in range(30):
+            env.step(np.array([0.0, 1.0]))
+        frame = env.render()
+        assert frame is not None and frame.ndim == 3 and frame.std() > 0, frame
+        env.close()
+        print("OFFLINE-OK")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), SDL_VIDEODRIVER="dummy")
+    env.pop(md.ALLOW_DOWNLOAD_ENV, None)
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0 and "OFFLINE-OK" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_horizon_is_truncation(make_env):
+    env = make_env(SMALL.replace(horizon=50))
+    env.reset(seed=0)
+    n, obs, terminated, truncated, info = run_until_done(env, STRAIGHT)
+    assert n == 50
+    assert (terminated, truncated) == (False, True)
+    assert info["max_step"] and not info["crash"] and not info["out_of_road"]
+
+
+def test_out_of_road_is_termination_and_wins_over_horizon(make_env):
+    env = make_env(SMALL.replace(horizon=50))
+    env.reset(seed=4)
+    n, obs, terminated, truncated, info = run_until_done(env, TURN_FULL_THROTTLE)
+    assert n < 50
+    assert (terminated, truncated) == (True, False)
+    assert info["out_of_road"] and not info["max_step"]
+    env.close()
+
+    # Horizon reached on the very step the car leaves the road: MetaDrive reports both
+    # flags; the wrapper reports a termination only (never bootstrapped).
+    env2 = make_env(SMALL.replace(horizon=n))
+    env2.reset(seed=4)
+    n2, obs2, terminated2, truncated2, info2 = run_until_done(env2, TURN_FULL_THROTTLE)
+    assert n2 == n
+    assert info2["out_of_road"] and info2["max_step"]
+    assert (terminated2, truncated2) == (True, False)
+
+
+def test_reset_seed_and_options(make_env):
+    env = make_env(md.MetaDriveConfig(num_scenarios=5, start_seed=100, horizon=20))
+    _, info = env.reset(seed=102, options={"anything": 1})
+    assert env.current_scenario == 102 == info["env_seed"]
+    env.reset(seed=7)  # outside the range: wrapped
+    assert env.current_scenario == md.scenario_for_seed(7, 100, 5) == 102
+    env.reset(options={"scenario": 104})
+    assert env.current_scenario == 104
+    with pytest.raises(ValueError):
+        env.reset(options={"scenario": 105})
+    seen = set()
+    for _ in range(20):
+        env.reset()
+        seen.add(env.current_scenario)
+    assert seen <= set(range(100, 105)) and len(seen) > 1
+
+
+def test_async_vector_env_two_workers_no_network_in_parent(no_network):
+    envs = md.make_vector_env(SMALL.replace(horizon=40), num_envs=2, seed=0)
+    try:
+        obs, info = envs.reset()
+        assert obs.shape == (2,) + envs.single_observation_space.shape
+        endings = 0
+        for _ in range(150):
+            obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
+            assert obs.shape[0] == 2 and reward.shape == (2,)
+            for i, final_obs, final_info in md.final_transitions(info):
+                endings += 1
+                assert terminated[i] or truncated[i]
+                assert final_obs.shape == envs.single_observation_space.shape
+                assert bool(final_info["max_step"]) == bool(truncated[i]) or terminated[i]
+        assert endings >= 2  # horizon 40: at least one ending per worker
+    finally:
+        envs.close()
+
+
+def test_evaluate_policy_metrics():
+    def straight(obs):
+        return np.tile(STRAIGHT, (obs.shape[0], 1))
+
+    result = md.evaluate_policy(
+        straight, SMALL.replace(horizon=60), episodes=4, start_seed=500, num_scenarios=4, num_workers=2
+    )
+    assert set(result) == set(md.METRIC_KEYS)
+    assert result["episodes"] == 4
+    for key in ("success_rate", "crash_rate", "out_of_road_rate", "route_completion"):
+        assert 0.0 <= result[key] <= 1.0
+    assert 0 < result["mean_length"] <= 60
+    assert np.isfinite(result["mean_return"]) and result["std_return"] >= 0
+
+
+@pytest.mark.slow
+def test_evaluation_visits_each_scenario_once_and_is_deterministic():
+    cfg = SMALL.replace(start_seed=700, num_scenarios=5, horizon=80)
+
+    def straight(obs):
+        return np.tile(STRAIGHT, (obs.shape[0], 1))
+
+    with md.ParallelEvaluator(cfg, num_workers=2) as ev:
+        first = ev.run_episodes(straight, list(cfg.scenarios))
+        again = ev.run_episodes(straight, list(reversed(cfg.scenarios)))
+    assert [e["scenario"] for e in first] == list(range(700, 705))
+    assert [e["return"] for e in first] == [e["return"] for e in reversed(again)]
+
+
+def test_topdown_gif(tmp_path):
+    from PIL import Image
+
+    def straight(obs):
+        return np.tile(STRAIGHT, (obs.shape[0], 1))
+
+    path = tmp_path / "episode.gif"
+    out = md.write_topdown_gif(straight, SMALL.replace(horizon=30), seed=2, path=path, frame_skip=3)
+    assert path.stat().st_size > 1000
+    assert out["scenario"] == 2 and out["length"] == 30
+    with Image.open(path) as gif:
+        # PIL merges identical consecutive frames (the car standing still at the start)
+        assert 10 <= out["frames"] and 5 <= gif.n_frames <= out["frames"]
+        gif.seek(gif.n_frames - 1)
+        frame = np.asarray(gif.convert("RGB"))
+    assert frame.shape == (400, 400, 3) and frame.std() > 5  # not a blank image
+
+
+def test_episode_metrics_and_summary():
+    info = {"arrive_dest": True, "crash": False, "out_of_road": False, "max_step": False,
+            "route_completion": np.float64(0.97), "env_seed": 12}
+    m = md.episode_metrics(info, 123.5, 400)
+    assert m == {"success": True, "crash": False, "out_of_road": False, "max_step": False,
+                 "route_completion": pytest.approx(0.97), "return": 123.5, "length": 400, "scenario": 12}
+    m2 = md.episode_metrics({"crash": True, "out_of_road": True, "route_completion": 0.1}, -5.0, 20)
+    s = md.summarize_episodes([m, m2])
+    assert s["success_rate"] == 0.5 and s["crash_rate"] == 0.5 and s["out_of_road_rate"] == 0.5
+    assert s["route_completion"] == pytest.approx(0.535)
+    assert s["mean_return"] == pytest.approx(59.25) and s["std_return"] == pytest.approx(64.25)
+    assert s["mean_length"] == 210 and s["episodes"] == 2

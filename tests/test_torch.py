@@ -1,0 +1,286 @@
+"""ppo_core.torch: zero-copy wrappers and the autograd.Functions on the kernels."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import ppo_core  # noqa: E402
+from ppo_core import torch as pt  # noqa: E402
+
+CLIP = 0.2
+
+
+def _rollout(T=7, N=3, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.randn(T, N, generator=g, dtype=dtype)
+    values = torch.randn(T, N, generator=g, dtype=dtype)
+    next_values = torch.randn(T, N, generator=g, dtype=dtype)
+    terminated = torch.rand(T, N, generator=g) < 0.2
+    truncated = torch.rand(T, N, generator=g) < 0.2
+    return rewards, values, next_values, terminated, truncated
+
+
+# -- wrappers: values, dtypes, zero copy -------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gae_matches_numpy_api(dtype):
+    r, v, nv, term, trunc = _rollout(dtype=dtype)
+    adv, ret = pt.gae(r, v, nv, term, trunc, gamma=0.99, lam=0.95)
+    adv_np, ret_np = ppo_core.gae(r.numpy(), v.numpy(), nv.numpy(), term.numpy(), trunc.numpy(),
+                                  gamma=0.99, lam=0.95)
+    assert adv.dtype == dtype and ret.dtype == dtype
+    np.testing.assert_array_equal(adv.numpy(), adv_np)
+    np.testing.assert_array_equal(ret.numpy(), ret_np)
+
+
+def test_discounted_returns_and_next_values_match_numpy_api():
+    r, v, nv, term, trunc = _rollout()
+    np.testing.assert_array_equal(
+        pt.discounted_returns(r, term, trunc, nv, gamma=0.9).numpy(),
+        ppo_core.discounted_returns(r.numpy(), term.numpy(), trunc.numpy(), nv.numpy(), gamma=0.9))
+    np.testing.assert_array_equal(
+        pt.discounted_returns(r, term, trunc, gamma=0.9).numpy(),
+        ppo_core.discounted_returns(r.numpy(), term.numpy(), trunc.numpy(), gamma=0.9))
+    done = term | trunc
+    out = pt.next_values_from(v, nv[-1], final_values=nv, done=done)
+    np.testing.assert_array_equal(
+        out.numpy(),
+        ppo_core.next_values_from(v.numpy(), nv[-1].numpy(), final_values=nv.numpy(), done=done.numpy()))
+    assert torch.equal(pt.next_values_from(v, nv[-1])[:-1], v[1:])
+
+
+def test_inputs_are_passed_as_views_and_outputs_wrapped_without_copy(monkeypatch):
+    seen = {}
+    real_gae = ppo_core.gae
+
+    def spy(*args, **kwargs):
+        seen["args"] = args
+        out = real_gae(*args, **kwargs)
+        seen["out"] = out
+        return out
+
+    monkeypatch.setattr(ppo_core, "gae", spy)
+    base = _rollout(T=9, N=8)
+    # Strided views: every other env, and a transposed (Fortran-like) layout.
+    strided = [x[:, ::2] for x in base]
+    transposed = [x.t().contiguous().t() for x in base]
+    for inputs in (base, strided, transposed):
+        adv, ret = pt.gae(*inputs, gamma=0.99, lam=0.95)
+        for tensor, array in zip(inputs, seen["args"]):
+            assert np.shares_memory(array, tensor.numpy()), "input was copied"
+        assert adv.data_ptr() == seen["out"][0].__array_interface__["data"][0]
+        assert ret.data_ptr() == seen["out"][1].__array_interface__["data"][0]
+        # Strided input gives the answer of a contiguous copy.
+        ref = real_gae(*(x.contiguous().numpy() for x in inputs), gamma=0.99, lam=0.95)
+        np.testing.assert_array_equal(adv.numpy(), ref[0])
+
+
+def test_output_tensor_shares_memory_with_kernel_result(monkeypatch):
+    holder = {}
+    real = ppo_core.discounted_returns
+
+    def spy(*args, **kwargs):
+        holder["out"] = real(*args, **kwargs)
+        return holder["out"]
+
+    monkeypatch.setattr(ppo_core, "discounted_returns", spy)
+    r, _, nv, term, trunc = _rollout()
+    out = pt.discounted_returns(r, term, trunc, nv, gamma=0.9)
+    holder["out"][0, 0] = 12345.0
+    assert out[0, 0].item() == 12345.0
+
+
+def test_masks_may_be_int_or_float_and_values_follow_numpy_rule():
+    r, v, nv, term, trunc = _rollout()
+    ref = pt.gae(r, v, nv, term, trunc, gamma=0.9, lam=0.9)
+    as_int = pt.gae(r, v, nv, term.to(torch.int64), trunc.to(torch.float32), gamma=0.9, lam=0.9)
+    torch.testing.assert_close(ref[0], as_int[0], rtol=0, atol=0)
+    # Any float64 value-carrying tensor makes the result float64 (NumPy API rule).
+    mixed = pt.gae(r, v.double(), nv, term, trunc, gamma=0.9, lam=0.9)
+    assert mixed[0].dtype == torch.float64
+    # float16 -> float32.
+    half = pt.gae(r.half(), v.half(), nv.half(), term, trunc, gamma=0.9, lam=0.9)
+    assert half[0].dtype == torch.float32
+
+
+def test_bfloat16_is_converted_to_float32():
+    r, v, nv, term, trunc = _rollout()
+    adv, _ = pt.gae(r.bfloat16(), v.bfloat16(), nv.bfloat16(), term, trunc, gamma=0.9, lam=0.9)
+    assert adv.dtype == torch.float32
+    ref, _ = pt.gae(r.bfloat16().float(), v.bfloat16().float(), nv.bfloat16().float(), term, trunc,
+                    gamma=0.9, lam=0.9)
+    torch.testing.assert_close(adv, ref, rtol=0, atol=0)
+
+
+def test_tensors_requiring_grad_are_accepted():
+    r, v, nv, term, trunc = _rollout()
+    adv, _ = pt.gae(r, v.requires_grad_(), nv, term, trunc, gamma=0.9, lam=0.9)
+    assert not adv.requires_grad
+
+
+def test_non_cpu_tensor_error_names_the_device():
+    # `meta` tensors are a real non-CPU device available on every build.
+    r, v, nv, term, trunc = _rollout()
+    with pytest.raises(ValueError, match=r"`values` is on device 'meta'.*CPU"):
+        pt.gae(r, v.to("meta"), nv, term, trunc, gamma=0.9, lam=0.9)
+    with pytest.raises(ValueError, match="'meta'"):
+        pt.clipped_surrogate_loss(r.to("meta"), r, r, clip_coef=CLIP)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_tensor_error_names_the_device():  # pragma: no cover - no GPU in CI
+    r, v, nv, term, trunc = _rollout()
+    with pytest.raises(ValueError, match=r"`rewards` is on device 'cuda:0'"):
+        pt.gae(r.cuda(), v, nv, term, trunc, gamma=0.9, lam=0.9)
+
+
+def test_errors_of_the_numpy_api_pass_through():
+    r, v, nv, term, trunc = _rollout()
+    with pytest.raises(ValueError):
+        pt.gae(r, v[:-1], nv, term, trunc, gamma=0.9, lam=0.9)
+    with pytest.raises(ValueError):
+        pt.clipped_surrogate_loss(torch.zeros(0), torch.zeros(0), torch.zeros(0), clip_coef=CLIP)
+    with pytest.raises(TypeError):
+        pt.gae(r.to(torch.complex64), v, nv, term, trunc, gamma=0.9, lam=0.9)
+
+
+# -- losses: against the plain PyTorch expression ---------------------------------
+
+
+def _torch_surrogate(new, old, adv, eps):
+    ratio = (new - old).exp()
+    return -torch.min(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv).mean()
+
+
+def _torch_value_loss(v, old, ret, eps):
+    if eps is None:
+        return 0.5 * ((v - ret) ** 2).mean()
+    v_clipped = old + (v - old).clamp(-eps, eps)
+    return 0.5 * torch.max((v - ret) ** 2, (v_clipped - ret) ** 2).mean()
+
+
+def _away_from_kinks(new, old, adv, eps, margin=1e-3):
+    ratio = (new - old).exp()
+    return bool(((ratio - (1 + eps)).abs().min() > margin) and ((ratio - (1 - eps)).abs().min() > margin)
+                and (adv.abs().min() > margin))
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_surrogate_matches_plain_pytorch_on_random_minibatches(seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 300, (1,), generator=g))
+    old = torch.randn(n, generator=g, dtype=dtype)
+    new = (old + 0.3 * torch.randn(n, generator=g, dtype=dtype)).requires_grad_()
+    adv = torch.randn(n, generator=g, dtype=dtype)
+    res = pt.clipped_surrogate_loss(new, old, adv, clip_coef=CLIP)
+    (grad,) = torch.autograd.grad(res.loss, new)
+
+    ref_new = new.detach().clone().requires_grad_()
+    ref = _torch_surrogate(ref_new, old, adv, CLIP)
+    (ref_grad,) = torch.autograd.grad(ref, ref_new)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(res.loss, ref.detach(), **tol)
+    torch.testing.assert_close(grad, ref_grad, **tol)
+    assert res.loss.dtype == dtype and res.loss.ndim == 0
+    ratio = (new.detach() - old).exp()
+    assert res.clip_fraction == pytest.approx(float(((ratio - 1).abs() > CLIP).double().mean()))
+    kl = ((ratio - 1) - ratio.log()).double().mean()
+    assert res.approx_kl == pytest.approx(float(kl), rel=1e-4, abs=1e-7)
+    assert isinstance(res.clip_fraction, float) and isinstance(res.approx_kl, float)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("clip", [None, 0.2])
+def test_value_loss_matches_plain_pytorch_on_random_minibatches(seed, clip):
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(1, 300, (1,), generator=g))
+    old = torch.randn(n, generator=g, dtype=torch.float64)
+    v = (old + 0.4 * torch.randn(n, generator=g, dtype=torch.float64)).requires_grad_()
+    ret = torch.randn(n, generator=g, dtype=torch.float64)
+    res = pt.clipped_value_loss(v, old, ret, clip_coef=clip)
+    (grad,) = torch.autograd.grad(res.loss, v)
+    ref_v = v.detach().clone().requires_grad_()
+    ref = _torch_value_loss(ref_v, old, ret, clip)
+    (ref_grad,) = torch.autograd.grad(ref, ref_v)
+    torch.testing.assert_close(res.loss, ref.detach(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-12, atol=1e-14)
+    if clip is None:
+        assert res.clip_fraction == 0.0
+    else:
+        v_clipped = old + (v.detach() - old).clamp(-clip, clip)
+        expected = ((v_clipped - ret) ** 2 > (v.detach() - ret) ** 2).double().mean()
+        assert res.clip_fraction == pytest.approx(float(expected))
+
+
+def test_losses_backpropagate_through_a_network():
+    torch.manual_seed(0)
+    net = torch.nn.Linear(4, 2).double()
+    x = torch.randn(32, 4, dtype=torch.float64)
+    adv, ret = torch.randn(32, dtype=torch.float64), torch.randn(32, dtype=torch.float64)
+    with torch.no_grad():
+        old = net(x)
+        old_log_prob = old[:, 0] + 0.05 * torch.randn(32, dtype=torch.float64)
+
+    def grads(use_kernel):
+        net.zero_grad()
+        out = net(x)
+        if use_kernel:
+            loss = (pt.clipped_surrogate_loss(out[:, 0], old_log_prob, adv, clip_coef=CLIP).loss
+                    + 0.5 * pt.clipped_value_loss(out[:, 1], old[:, 1], ret, clip_coef=0.2).loss)
+        else:
+            loss = (_torch_surrogate(out[:, 0], old_log_prob, adv, CLIP)
+                    + 0.5 * _torch_value_loss(out[:, 1], old[:, 1], ret, 0.2))
+        loss.backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    for mine, ref in zip(grads(True), grads(False)):
+        assert torch.isfinite(mine).all()
+        torch.testing.assert_close(mine, ref, rtol=1e-10, atol=1e-12)
+
+
+def test_loss_gradient_dtype_follows_new_log_prob():
+    new = torch.randn(16, requires_grad=True)
+    res = pt.clipped_surrogate_loss(new, new.detach(), torch.randn(16, dtype=torch.float64), clip_coef=CLIP)
+    res.loss.backward()
+    assert new.grad.dtype == torch.float32
+
+
+# -- gradcheck (float64, away from the kinks) --------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_gradcheck_clipped_surrogate(seed):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        old = torch.randn(12, generator=g, dtype=torch.float64)
+        new = old + 0.4 * torch.randn(12, generator=g, dtype=torch.float64)
+        adv = torch.randn(12, generator=g, dtype=torch.float64)
+        if _away_from_kinks(new, old, adv, CLIP):
+            break
+    new.requires_grad_()
+    # Both sides of the clip occur: some gradients are zeroed, others not.
+    assert torch.autograd.gradcheck(lambda x: pt.clipped_surrogate_loss(x, old, adv, clip_coef=CLIP).loss,
+                                    (new,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("clip", [None, 0.3])
+@pytest.mark.parametrize("seed", range(4))
+def test_gradcheck_clipped_value_loss(seed, clip):
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        old = torch.randn(12, generator=g, dtype=torch.float64)
+        v = old + 0.5 * torch.randn(12, generator=g, dtype=torch.float64)
+        ret = torch.randn(12, generator=g, dtype=torch.float64)
+        if clip is None:
+            break
+        v_clipped = old + (v - old).clamp(-clip, clip)
+        ties = ((v - ret) ** 2 - (v_clipped - ret) ** 2).abs().min()
+        edges = ((v - old).abs() - clip).abs().min()
+        if ties > 1e-3 and edges > 1e-3:
+            break
+    v.requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: pt.clipped_value_loss(x, old, ret, clip_coef=clip).loss,
+                                    (v,), eps=1e-6, atol=1e-7)

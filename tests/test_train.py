@@ -1,0 +1,442 @@
+"""The PPO trainer: config, rollouts and bootstrapping, update, checkpoints, CLI, learning."""
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+gymnasium = pytest.importorskip("gymnasium")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tomli_w")
+
+from gymnasium.wrappers import TimeLimit  # noqa: E402
+
+import ppo_core  # noqa: E402
+from ppo_core import cli  # noqa: E402
+from ppo_core import train as T  # noqa: E402
+from ppo_core.train import checkpoint as ckpt  # noqa: E402
+from ppo_core.train.policies import env_action  # noqa: E402
+from ppo_core.train.runlog import METRICS_COLUMNS, read_metrics  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+
+
+# -- a synthetic environment ------------------------------------------------------
+
+
+class CountdownEnv(gymnasium.Env):
+    """Reward 1 every step; observation = remaining steps of a horizon H, scaled to [0, 1].
+
+    ``terminate=True``: the episode really ends after H steps (terminated).
+    ``terminate=False``: it never terminates; wrap it in ``TimeLimit(H)`` to truncate it.
+    """
+
+    def __init__(self, horizon=10, terminate=False):
+        self.horizon = horizon
+        self.terminate = terminate
+        self.observation_space = gymnasium.spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = gymnasium.spaces.Discrete(2)
+        self.t = 0
+
+    def _obs(self):
+        return np.array([max(self.horizon - self.t, 0) / self.horizon], np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = self.terminate and self.t >= self.horizon
+        return self._obs(), 1.0, terminated, False, {}
+
+
+def _small(**kw):
+    base = dict(env_id="CartPole-v1", num_envs=2, num_steps=32, total_steps=64, num_minibatches=2,
+                update_epochs=2, checkpoint_every=1, normalize_obs=True, normalize_reward=True)
+    base.update(kw)
+    return T.PPOConfig(**base)
+
+
+# -- config -------------------------------------------------------------------------
+
+
+def test_config_roundtrip_toml_and_json(tmp_path):
+    cfg = T.PPOConfig(env_id="Pendulum-v1", hidden_sizes=[32, 16], target_kl=0.02)
+    for name in ("c.toml", "c.json"):
+        T.save_config(cfg, tmp_path / name)
+        assert T.load_config(tmp_path / name) == cfg
+
+
+@pytest.mark.parametrize("name", ["cartpole.toml", "pendulum.toml"])
+def test_shipped_configs_load(name):
+    cfg = T.load_config(CONFIGS / name)
+    assert cfg.env_id
+
+
+@pytest.mark.parametrize("text, match", [
+    ('nonsense_key = 1\n', "unknown config key 'nonsense_key'"),
+    ('gamma = 1.5\n', "'gamma' must be in"),
+    ('num_envs = "four"\n', "'num_envs': expected int"),
+    ('total_steps = -5\n', "'total_steps' must be >= 0"),
+    ('gamma = \n', "cannot parse"),
+])
+def test_config_errors_name_the_key(tmp_path, text, match):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(T.ConfigError, match=match):
+        T.load_config(path)
+
+
+def test_num_updates_rounds_up_and_is_at_least_one():
+    assert _small(total_steps=0).num_updates == 1
+    assert _small(total_steps=65).num_updates == 2
+
+
+# -- rollouts: the final observation, not the reset one, bootstraps truncations ---------
+
+
+class _ValueIsObs(torch.nn.Module):
+    """Uniform policy whose value is 100 * obs[0], to trace which observation was valued."""
+
+    def forward(self, obs):
+        logits = torch.zeros(obs.shape[0], 2)
+        return torch.distributions.Categorical(logits=logits), 100.0 * obs[:, 0]
+
+
+@pytest.mark.parametrize("terminate", [False, True])
+def test_rollout_bootstraps_truncation_with_final_obs_and_termination_with_nothing(terminate):
+    horizon = 4
+
+    def make():
+        env = CountdownEnv(horizon, terminate=terminate)
+        return env if terminate else TimeLimit(env, horizon)
+
+    envs = T.make_vector_env(make, 1, 0)
+    from ppo_core.train.normalize import ObsNormalizer, RewardScaler
+
+    collector = T.RolloutCollector(envs, _ValueIsObs(), ObsNormalizer((1,), enabled=False),
+                                   RewardScaler(1, 0.9, enabled=False), seed=0)
+    ro = collector.collect(10)
+    envs.close()
+    ends = [t for t in range(10) if (t + 1) % horizon == 0]
+    assert ro.terminated[:, 0].tolist() == [terminate and t in ends for t in range(10)]
+    assert ro.truncated[:, 0].tolist() == [(not terminate) and t in ends for t in range(10)]
+    for t in range(10):
+        if t in ends:
+            # Final obs has 0 steps remaining -> value 0 here; the reset obs would give 100.
+            assert ro.next_values[t, 0].item() == 0.0
+        elif t < 9:
+            assert ro.next_values[t, 0].item() == ro.values[t + 1, 0].item()
+    assert ro.episode_returns == [float(horizon)] * len(ends)
+
+
+class _NonZeroFinal(torch.nn.Module):
+    """Value 5 everywhere: a truncated step must bootstrap with 5, a terminated one with 0."""
+
+    def forward(self, obs):
+        return torch.distributions.Categorical(logits=torch.zeros(obs.shape[0], 2)), torch.full((obs.shape[0],), 5.0)
+
+
+def test_truncated_steps_keep_the_final_value():
+    from ppo_core.train.normalize import ObsNormalizer, RewardScaler
+
+    envs = T.make_vector_env(lambda: TimeLimit(CountdownEnv(3), 3), 2, 0)
+    ro = T.RolloutCollector(envs, _NonZeroFinal(), ObsNormalizer((1,), enabled=False),
+                            RewardScaler(2, 0.9, enabled=False), seed=0).collect(6)
+    envs.close()
+    assert ro.truncated[2].all() and (ro.next_values[2] == 5.0).all()
+
+
+# -- the learned value: truncation vs termination ------------------------------------
+
+
+class PhaseEnv(CountdownEnv):
+    """Reward 1 every step; observation = phase (t mod H) / H, a state the agent revisits.
+
+    Under a time limit the final observation (phase 0) is an ordinary state whose
+    value is learned, as in a real truncated task.
+    """
+
+    def _obs(self):
+        return np.array([(self.t % self.horizon) / self.horizon], np.float32)
+
+
+def _value_run(tmp_path, terminate, gamma=0.9, horizon=10):
+    def make():
+        env = PhaseEnv(horizon, terminate=terminate)
+        return env if terminate else TimeLimit(env, horizon)
+
+    cfg = T.PPOConfig(env_id="countdown", num_envs=4, num_steps=32, total_steps=4 * 32 * 60,
+                      num_minibatches=4, update_epochs=8, learning_rate=3e-3, anneal_lr=False, gamma=gamma,
+                      lam=0.95, normalize_obs=False, normalize_reward=False, vf_clip_coef=0.0, vf_coef=1.0,
+                      max_grad_norm=1.0, checkpoint_every=1000, seed=3)
+    trainer = T.Trainer(cfg, tmp_path / ("term" if terminate else "trunc"), env_fn=make)
+    trainer.train()
+    phase = np.arange(horizon)
+    with torch.no_grad():
+        obs = torch.tensor(phase / horizon, dtype=torch.float32)[:, None]
+        return horizon - phase, trainer.policy(obs)[1].numpy()
+
+
+def test_truncated_episode_value_approaches_infinite_horizon_value(tmp_path):
+    gamma = 0.9
+    remaining, values = _value_run(tmp_path, terminate=False, gamma=gamma)
+    # Never terminates: V = 1 / (1 - gamma) = 10 in every state, not the steps left.
+    np.testing.assert_allclose(values, 1 / (1 - gamma), rtol=0.1)
+
+
+def test_terminated_episode_value_approaches_remaining_steps_sum(tmp_path):
+    gamma = 0.9
+    remaining, values = _value_run(tmp_path, terminate=True, gamma=gamma)
+    expected = (1 - gamma ** remaining) / (1 - gamma)  # 1 + γ + ... + γ^(k-1)
+    np.testing.assert_allclose(values, expected, rtol=0.1, atol=0.15)
+
+
+# -- runs: outputs, reproducibility, resume, kill ------------------------------------
+
+
+def test_tiny_budget_gives_checkpoint_metrics_row_and_curve(tmp_path):
+    run = tmp_path / "run"
+    row = T.train(_small(total_steps=1), run)
+    assert row["step"] == 64
+    rows = read_metrics(run / "metrics.csv")
+    assert len(rows) == 1 and list(rows[0]) == METRICS_COLUMNS and rows[0]["step"] == "64"
+    assert len(ckpt.list_checkpoints(run)) == 1
+    assert (run / "learning_curve.png").stat().st_size > 0
+    assert T.load_config(run / "config.toml").total_steps == 1
+
+
+def test_same_seed_gives_identical_metrics(tmp_path):
+    wall_clock = {"time", "steps_per_second"}
+    results = []
+    for name in ("a", "b"):
+        T.train(_small(total_steps=256, seed=7), tmp_path / name)
+        rows = read_metrics(tmp_path / name / "metrics.csv")
+        results.append([{k: v for k, v in r.items() if k not in wall_clock} for r in rows])
+    assert len(results[0]) == 4
+    assert results[0] == results[1]
+
+
+def test_resume_continues_step_count_and_state(tmp_path):
+    run = tmp_path / "run"
+    T.train(_small(total_steps=128), run)
+    first = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
+    trainer = T.Trainer.resume(run, total_steps=256)
+    assert trainer.global_step == 128 and trainer.update == 2
+    assert trainer.obs_normalizer.rms.count == first["obs_normalizer"]["rms"]["count"]
+    for k, v in trainer.policy.state_dict().items():
+        assert torch.equal(v, first["policy"][k])
+    trainer.train()
+    rows = read_metrics(run / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [64, 128, 192, 256]
+    assert T.load_config(run / "config.toml").total_steps == 256
+
+
+def test_resume_drops_metrics_rows_after_the_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    T.train(_small(total_steps=64 * 3, checkpoint_every=2), run)  # checkpoints at updates 2 and 3
+    for p in ckpt.list_checkpoints(run)[1:]:
+        p.unlink()  # as if killed after update 3's row but before its checkpoint
+    trainer = T.Trainer.resume(run)
+    assert trainer.global_step == 128
+    assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == [64, 128]
+    trainer.train()
+    assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == [64, 128, 192]
+
+
+def test_new_run_refuses_a_directory_that_holds_a_run(tmp_path):
+    T.train(_small(), tmp_path / "run")
+    with pytest.raises(T.RunDirError, match="already holds a run"):
+        T.Trainer(_small(), tmp_path / "run")
+
+
+def test_sigkill_leaves_a_loadable_checkpoint(tmp_path):
+    cfg_path = tmp_path / "cfg.toml"
+    T.save_config(_small(total_steps=10_000_000, num_steps=16, update_epochs=1), cfg_path)
+    run = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "ppo_core", "train", "--config", str(cfg_path),
+                                 "--out", str(run), "--quiet"], stdout=subprocess.DEVNULL, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while len(ckpt.list_checkpoints(run)) < 3:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "no checkpoints written"
+            time.sleep(0.05)
+        # Checkpoints are written every update here, so a random moment lands
+        # inside a write often enough.
+        time.sleep(float(rng.uniform(0.0, 0.5)))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    for path in ckpt.list_checkpoints(run):
+        state = ckpt.load_checkpoint(path)
+        assert state["step"] > 0
+    policy = T.load_policy(run)
+    assert policy.act(np.zeros(4, np.float32)) in (0, 1)
+    # And the run resumes from it.
+    trainer = T.Trainer.resume(run, total_steps=policy.step + 64)
+    trainer.train()
+
+
+# -- policies and pieces ----------------------------------------------------------------
+
+
+def test_load_policy_acts_on_single_and_batched_obs(tmp_path):
+    T.train(_small(), tmp_path / "run")
+    for policy in (T.load_policy(tmp_path / "run"), ppo_core.load_policy(tmp_path / "run")):
+        single = policy.act(np.zeros(4, np.float32))
+        assert np.ndim(single) == 0 and single in (0, 1)
+        batch = policy.act(np.zeros((5, 4), np.float32), deterministic=False)
+        assert batch.shape == (5,)
+        with pytest.raises(ValueError, match="shape"):
+            policy.act(np.zeros(3))
+
+
+def test_gaussian_policy_logs_unclipped_samples_and_clips_for_the_env(tmp_path):
+    cfg = _small(env_id="Pendulum-v1", init_log_std=1.5)  # std 4.5 on bounds of ±2
+    trainer = T.Trainer(cfg, tmp_path / "run")
+    ro = trainer.collector.collect(32)
+    assert ro.actions.abs().max() > 2.0  # the buffer holds the raw samples
+    with torch.no_grad():
+        dist, _ = trainer.policy(ro.obs.reshape(-1, 3))
+        torch.testing.assert_close(dist.log_prob(ro.actions.reshape(-1, 1)), ro.log_probs.reshape(-1))
+    trainer.close()
+    policy_actions = env_action(torch.tensor([[-9.0], [0.5], [9.0]]), trainer.action_space)
+    np.testing.assert_array_equal(policy_actions, np.array([[-2.0], [0.5], [2.0]], np.float32))
+
+
+@pytest.mark.parametrize("estimator", ["gae", "returns_minus_baseline", "reward_to_go"])
+@pytest.mark.parametrize("loss", ["clipped_surrogate", "policy_gradient"])
+def test_named_pieces_run(tmp_path, estimator, loss):
+    row = T.train(_small(advantage_estimator=estimator, policy_loss=loss, shared_network=True,
+                         target_kl=0.001), tmp_path / "run")
+    assert all(math.isfinite(row[k]) for k in ("policy_loss", "value_loss", "approx_kl"))
+
+
+def test_custom_pieces_are_called(tmp_path):
+    calls = {"estimator": 0, "loss": 0, "net": 0}
+
+    def estimator(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        calls["estimator"] += 1
+        return T.gae(rewards, values, next_values, terminated, truncated, gamma=gamma, lam=0.0)
+
+    def loss(new_log_prob, old_log_prob, advantages, *, clip_coef):
+        calls["loss"] += 1
+        return T.policy_gradient(new_log_prob, old_log_prob, advantages, clip_coef=clip_coef)
+
+    def net(obs_space, act_space, config):
+        calls["net"] += 1
+        return T.MLPActorCritic(4, act_space, hidden_sizes=[8], shared=True)
+
+    T.train(_small(), tmp_path / "run", advantage_estimator=estimator, policy_loss=loss, policy_factory=net)
+    assert calls == {"estimator": 1, "loss": 2 * 2, "net": 1}
+    policy = T.load_policy(tmp_path / "run", policy_factory=net)
+    assert policy.act(np.zeros(4)) in (0, 1)
+
+
+def test_docs_swap_example_runs(tmp_path):
+    # The example in docs/trainer.md, on a tiny budget.
+    text = (REPO / "docs" / "trainer.md").read_text()
+    block = text.split("```python")[2].split("```")[0]
+    assert len(block.strip().splitlines()) < 20
+    block = block.replace("total_steps=50_000", "total_steps=64").replace('"runs/kl-penalty"', repr(str(tmp_path / "r")))
+    exec(compile(block, "docs/trainer.md", "exec"), {})
+    assert len(read_metrics(tmp_path / "r" / "metrics.csv")) == 1
+
+
+def test_minibatch_of_one_stays_finite(tmp_path):
+    row = T.train(_small(num_envs=1, num_steps=2, num_minibatches=2, total_steps=2), tmp_path / "run")
+    assert math.isfinite(row["policy_loss"]) and math.isfinite(row["value_loss"])
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+def _run_cli(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["train", "--env", "NoSuchEnv-v0", "--total-steps", "1"], "unknown environment id 'NoSuchEnv-v0'"),
+    (["train", "--env", "CartPole-v1", "--total-steps", "-5"], "must be >= 0"),
+    (["train", "--total-steps", "1"], "--env is required"),
+    (["train", "--env", "CartPole-v1", "--config", "/nonexistent.toml"], "config file not found"),
+    (["eval", "/nonexistent/run"], "run directory not found"),
+    (["train", "--resume", "/nonexistent/run"], "run directory not found"),
+    (["train", "--resume", "x", "--seed", "3"], "cannot be combined"),
+    (["eval", "."], "is not a run directory"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_cli_bad_input_gives_one_error_line(capsys, tmp_path, monkeypatch, argv, match):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run_cli(capsys, *argv, *(["--out", str(tmp_path / "r")] if argv[0] == "train"
+                                                and "--resume" not in argv else []))
+    assert code != 0
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("ppo-core: error:") and match in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_unknown_config_key(capsys, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('env_id = "CartPole-v1"\nlearning_rat = 0.1\n')
+    code, _, err = _run_cli(capsys, "train", "--config", str(cfg), "--out", str(tmp_path / "r"))
+    assert code != 0 and "unknown config key 'learning_rat'" in err and len(err.splitlines()) == 1
+
+
+def test_cli_missing_extra_names_it(capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a))
+    code, _, err = _run_cli(capsys, "train", "--env", "CartPole-v1")
+    assert code == 1 and 'pip install "ppo_core[train]"' in err and "torch" in err
+
+
+def test_cli_does_not_import_torch_at_startup():
+    code = "import sys, ppo_core.cli; assert not {'torch', 'gymnasium', 'metadrive'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_train_eval_resume_no_traceback(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = _run_cli(capsys, "train", "--env", "CartPole-v1", "--total-steps", "100", "--num-envs", "2",
+                              "--seed", "3", "--out", str(run))
+    assert code == 0 and "done" in out and "update 1 " in err  # plain log lines: not a TTY
+    code, out, _ = _run_cli(capsys, "eval", str(run), "--episodes", "2", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["episodes"] == 2
+    assert {"mean_return", "std_return", "mean_length"} <= set(result)
+    code, out, _ = _run_cli(capsys, "eval", str(run), "--episodes", "2", "--stochastic")
+    assert code == 0 and "mean return" in out
+    code, out, _ = _run_cli(capsys, "train", "--resume", str(run))
+    assert code == 0 and "already finished" in out
+    code, _, err = _run_cli(capsys, "train", "--env", "CartPole-v1", "--out", str(run))
+    assert code != 0 and "already holds a run" in err
+
+
+# -- learning ------------------------------------------------------------------------
+
+
+def test_cartpole_short_training_beats_random(tmp_path):
+    # Random CartPole play scores about 22; the shipped config reaches 500 around
+    # 30k steps. 25k steps (about 8 s here) must clearly beat random.
+    cfg = T.load_config(CONFIGS / "cartpole.toml").replace(total_steps=25_000, seed=1)
+    T.train(cfg, tmp_path / "run")
+    result = T.evaluate(T.load_policy(tmp_path / "run"), episodes=10, seed=123)
+    assert result["mean_return"] > 150, result
