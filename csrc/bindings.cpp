@@ -100,7 +100,7 @@ std::tuple<py::array, py::array> gae_impl(const py::array& rewards, const py::ar
         // Safe without the GIL: the views point into arrays that the caller's frame
         // keeps alive, the outputs are fresh, and no Python object is touched.
         py::gil_scoped_release release;
-        ppo_core::dispatch::gae(n_t, n_n, r, v, nv, term, trunc, T(gamma), T(lam), pa, pr);
+        ppo_core::dispatch::gae_any<T>(n_t, n_n, r, v, nv, term, trunc, T(gamma), T(lam), pa, pr);
     }
     return {adv, ret};
 }

@@ -8,8 +8,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 #include "gae.hpp"
+#include "gae_avx2.hpp"
 #include "losses.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
@@ -40,5 +42,26 @@ namespace ppo_core::dispatch {
 PPO_CORE_DEFINE_FOR(float)
 PPO_CORE_DEFINE_FOR(double)
 #undef PPO_CORE_DEFINE_FOR
+
+// Narrow float64 rollouts take the AVX2 intrinsics kernel where the CPU has it.
+inline void gae_f64(std::ptrdiff_t n_t, std::ptrdiff_t n_n, View2<double> r, View2<double> v,
+                    View2<double> nv, View2<std::uint8_t> term, View2<std::uint8_t> trunc,
+                    double gamma, double lam, double* adv, double* ret) {
+#ifdef PPO_CORE_HAVE_AVX2_GAE
+    if (gae_narrow_f64_applies(n_n, r, v, nv, term, trunc))
+        return gae_narrow_f64_avx2(n_t, n_n, r, v, nv, term, trunc, gamma, lam, adv, ret);
+#endif
+    gae(n_t, n_n, r, v, nv, term, trunc, gamma, lam, adv, ret);
+}
+
+template <typename T>
+void gae_any(std::ptrdiff_t n_t, std::ptrdiff_t n_n, View2<T> r, View2<T> v, View2<T> nv,
+             View2<std::uint8_t> term, View2<std::uint8_t> trunc, T gamma, T lam, T* adv,
+             T* ret) {
+    if constexpr (std::is_same_v<T, double>)
+        gae_f64(n_t, n_n, r, v, nv, term, trunc, gamma, lam, adv, ret);
+    else
+        gae(n_t, n_n, r, v, nv, term, trunc, gamma, lam, adv, ret);
+}
 
 }  // namespace ppo_core::dispatch

@@ -16,6 +16,7 @@ from ppo_core import verify
 # The spec comparisons (Hypothesis; examples set by the profile in conftest.py).
 test_gae_matches_spec = verify.gae_matches_spec
 test_gae_matches_spec_small = verify.gae_matches_spec_small
+test_gae_matches_spec_fast_paths = verify.gae_matches_spec_fast_paths
 test_discounted_returns_matches_spec = verify.discounted_returns_matches_spec
 test_discounted_returns_matches_spec_small = verify.discounted_returns_matches_spec_small
 test_next_values_from_matches_spec = verify.next_values_from_matches_spec
@@ -421,3 +422,19 @@ def test_gil_is_released_during_kernels():
         t.join()
     lo, hi = start + 0.4 * (end - start), end - 0.4 * (end - start)
     assert any(lo < x < hi for x in ticks), (end - start, len(ticks))
+
+
+@pytest.mark.parametrize("N", [1, 3, 4, 8, 12, 16, 17, 32, 33])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_narrow_fast_paths_equal_strided_path_and_spec(N, dtype):
+    """Narrow contiguous rollouts take dedicated kernels (register carries, and an AVX2
+    one for float64 with N a multiple of 4 up to 16); they must equal the strided
+    path bit for bit and the spec within rounding."""
+    ro = rollout(T=300, N=N, dtype=dtype, seed=N)
+    fast = call_gae(ro)
+    slow = call_gae({k: verify.relayout(v, "strided") for k, v in ro.items()})
+    np.testing.assert_array_equal(fast[0], slow[0])
+    np.testing.assert_array_equal(fast[1], slow[1])
+    exp, _ = spec.gae(*(np.asarray(ro[k], np.float64) for k in ("rewards", "values", "next_values")),
+                      ro["terminated"], ro["truncated"], gamma=0.99, lam=0.95)
+    np.testing.assert_allclose(fast[0], exp, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)

@@ -114,16 +114,24 @@ unit = st.one_of(st.sampled_from([0.0, 1.0, 0.9, 0.95, 0.99]),
 
 
 @st.composite
-def rollouts(draw, max_t: int = 3000, max_n: int = 64, small: bool = False) -> Rollout:
+def rollouts(draw, max_t: int = 3000, max_n: int = 64, small: bool = False,
+             fast_paths: bool = False) -> Rollout:
     """A time-major rollout. ``small``: every element drawn by Hypothesis (shrinks to
     the exact failing values); otherwise shapes, flag rates, layouts and gamma/lambda
-    are drawn and the bulk data comes from a seeded NumPy generator."""
-    two_d = draw(st.booleans())
+    are drawn and the bulk data comes from a seeded NumPy generator. ``fast_paths``:
+    only contiguous 2-d rollouts with bool masks and a width at one of the kernels'
+    block sizes, the inputs that take their dedicated (register-carry, SIMD) code."""
+    two_d = fast_paths or draw(st.booleans())
     T = draw(st.integers(1, 12 if small else max_t))
-    N = draw(st.integers(1, 4 if small else max_n)) if two_d else None
+    # Widths at the kernels' block sizes (4, 8, 16, 32 lanes) are drawn often.
+    widths = st.integers(1, 8) if small else st.one_of(
+        st.sampled_from([4, 8, 12, 16, 32]), st.integers(1, max_n))
+    if fast_paths:
+        widths = st.sampled_from([1, 3, 4, 8, 12, 16, 24, 32, 33])
+    N = draw(widths) if two_d else None
     shape = (T,) if N is None else (T, N)
     dtype = draw(st.sampled_from([np.float32, np.float64]))
-    mask_dtype = draw(st.sampled_from(MASK_DTYPES))
+    mask_dtype = np.bool_ if fast_paths else draw(st.sampled_from(MASK_DTYPES))
     if small:
         elems = st.floats(-100, 100, allow_nan=False, width=32)
         r, v, nv = (draw(hnp.arrays(dtype, shape, elements=elems)) for _ in range(3))
@@ -140,8 +148,9 @@ def rollouts(draw, max_t: int = 3000, max_n: int = 64, small: bool = False) -> R
         trunc = rng.random(shape) < p_trunc
     # Contiguous input takes the kernels' fast paths: draw it most often, and give the
     # masks the values' layout unless told otherwise, so every path is well covered.
-    layout = draw(st.sampled_from(("C",) * 3 + LAYOUTS))
-    mask_layout = draw(st.one_of(st.just(layout), st.sampled_from(LAYOUTS)))
+    layout = "C" if fast_paths else draw(st.sampled_from(("C",) * 3 + LAYOUTS))
+    mask_layout = "C" if fast_paths else draw(
+        st.one_of(st.just(layout), st.sampled_from(LAYOUTS)))
     return Rollout(relayout(r, layout), relayout(v, layout), relayout(nv, layout),
                    relayout(term.astype(mask_dtype), mask_layout),
                    relayout(trunc.astype(mask_dtype), mask_layout),
@@ -283,6 +292,11 @@ def gae_matches_spec_small(ro):
     check_gae(ro)
 
 
+@given(rollouts(max_t=600, fast_paths=True))
+def gae_matches_spec_fast_paths(ro):
+    check_gae(ro)
+
+
 @given(rollouts(), st.booleans())
 def discounted_returns_matches_spec(ro, with_next_values):
     check_discounted_returns(ro, with_next_values)
@@ -311,6 +325,7 @@ def clipped_value_loss_matches_spec(mb):
 PROPERTIES: Dict[str, Callable[[], None]] = {
     "gae == spec (large rollouts, seeded data)": gae_matches_spec,
     "gae == spec (small rollouts, every value drawn)": gae_matches_spec_small,
+    "gae == spec (contiguous, block widths: the SIMD paths)": gae_matches_spec_fast_paths,
     "discounted_returns == spec (large)": discounted_returns_matches_spec,
     "discounted_returns == spec (small)": discounted_returns_matches_spec_small,
     "next_values_from == spec": next_values_from_matches_spec,
