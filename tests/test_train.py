@@ -1,7 +1,9 @@
 """The PPO trainer: config, rollouts and bootstrapping, update, checkpoints, CLI, learning."""
 
 import json
+import logging
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from ppo_core import cli  # noqa: E402
 from ppo_core import train as T  # noqa: E402
 from ppo_core.train import checkpoint as ckpt  # noqa: E402
 from ppo_core.train.policies import env_action  # noqa: E402
-from ppo_core.train.runlog import METRICS_COLUMNS, read_metrics  # noqa: E402
+from ppo_core.train.runlog import METRICS_COLUMNS, TIMING_COLUMNS, WALL_CLOCK_COLUMNS, read_metrics  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -217,7 +219,7 @@ def test_tiny_budget_gives_checkpoint_metrics_row_and_curve(tmp_path):
 
 
 def test_same_seed_gives_identical_metrics(tmp_path):
-    wall_clock = {"time", "steps_per_second"}
+    wall_clock = WALL_CLOCK_COLUMNS
     results = []
     for name in ("a", "b"):
         T.train(_small(total_steps=256, seed=7), tmp_path / name)
@@ -289,6 +291,114 @@ def test_sigkill_leaves_a_loadable_checkpoint(tmp_path):
     # And the run resumes from it.
     trainer = T.Trainer.resume(run, total_steps=policy.step + 64)
     trainer.train()
+
+
+# -- worker crash recovery ------------------------------------------------------------------
+
+
+class SelfKillingEnv(gymnasium.Env):
+    """Reward 1 per step, episodes of 8 steps; at its ``kill_at``-th step a worker SIGKILLs
+    itself: once over all workers and rebuilds when ``marker`` is given (the first to create
+    the file dies), every time otherwise."""
+
+    def __init__(self, kill_at, marker=None):
+        self.kill_at, self.marker = kill_at, marker
+        self.observation_space = gymnasium.spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = gymnasium.spaces.Discrete(2)
+        self.steps = self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        self.t += 1
+        if self.steps == self.kill_at and self._claim():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return np.array([self.t / 8], np.float32), 1.0, self.t >= 8, False, {}
+
+    def _claim(self):
+        if self.marker is None:
+            return True
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            return False
+
+
+def test_killed_worker_is_replaced_and_its_rollout_discarded(tmp_path, caplog):
+    marker = str(tmp_path / "killed")
+    cfg = _small(env_id="", async_envs=True, num_steps=16, total_steps=32 * 3)
+    # Each worker steps 16 times per rollout: step 20 is in the middle of update 2.
+    trainer = T.Trainer(cfg, tmp_path / "run", env_fn=lambda: SelfKillingEnv(20, marker))
+    with caplog.at_level(logging.WARNING, logger="ppo_core.train"):
+        row = trainer.train()
+    assert os.path.exists(marker)
+    assert trainer.env_restarts == 1
+    assert any("environment worker failed in update 2" in r.getMessage() for r in caplog.records)
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [32, 64, 96] and row["step"] == 96
+    assert [r["env_restarts"] for r in rows] == ["0", "1", "1"]
+    # Only whole episodes of 8 steps were trained on and counted.
+    assert float(rows[-1]["episode_length"]) == 8.0
+    assert trainer.envs is None  # closed, workers gone
+
+
+def test_workers_that_keep_dying_give_a_clear_error(tmp_path):
+    cfg = _small(env_id="", async_envs=True, num_steps=16, total_steps=32, max_env_restarts=2)
+    trainer = T.Trainer(cfg, tmp_path / "run", env_fn=lambda: SelfKillingEnv(3))
+    with pytest.raises(T.EnvWorkerError, match="failed 3 times in a row"):
+        trainer.train()
+    assert trainer.env_restarts == 2
+    assert not ckpt.list_checkpoints(tmp_path / "run")
+
+
+def test_periodic_evaluation_is_logged_and_drawn(tmp_path):
+    run = tmp_path / "run"
+    T.train(_small(total_steps=64 * 3, eval_every_steps=128, eval_episodes=2), run)
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["eval_step"] for r in rows] == ["", "128", "192"]  # every 128 steps and at the end
+    assert float(rows[1]["eval_mean_return"]) > 0 and float(rows[1]["eval_seconds"]) > 0
+    assert rows[0]["eval_mean_return"] == "" and rows[0]["eval_success_rate"] == ""
+    assert (run / "learning_curve.png").stat().st_size > 0
+
+
+def test_timing_columns_add_up(tmp_path):
+    trainer = T.Trainer(_small(total_steps=64 * 2), tmp_path / "run")
+    trainer.train()
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    for r in rows:
+        parts = [float(r[c]) for c in TIMING_COLUMNS]
+        assert all(p >= 0 for p in parts) and float(r["env_seconds"]) > 0 and float(r["update_seconds"]) > 0
+    summary = trainer.timing_summary()
+    assert summary["shares"].keys() == {"env", "inference", "advantage", "update", "eval", "other"}
+    assert sum(summary["shares"].values()) == pytest.approx(1.0)
+    assert summary["steps_per_second"] > 0
+
+
+# -- presets --------------------------------------------------------------------------------
+
+
+def test_metadrive_preset_agrees_with_the_shipped_config():
+    # The wheel does not ship configs/: `ppo-core train` uses the preset in code.
+    path = CONFIGS / "metadrive.toml"
+    preset = T.preset("metadrive").to_dict()
+    raw = T.read_config_file(path)
+    for key, value in raw.items():
+        assert preset[key] == value, key
+    assert T.load_config(path, defaults=T.preset()) == T.preset()
+    assert T.preset("metadrive").eval_every_steps > 0
+    assert T.preset("CartPole-v1") == T.PPOConfig(env_id="CartPole-v1")
+
+
+def test_metadrive_env_kwargs_are_checked_in_the_config():
+    with pytest.raises(T.ConfigError, match="'horizon' must be an integer >= 1"):
+        T.preset().replace(env_kwargs={"horizon": 0})
+    with pytest.raises(T.ConfigError, match="unknown MetaDrive option 'horizn'"):
+        T.preset().replace(env_kwargs={"horizn": 5})
 
 
 # -- policies and pieces ----------------------------------------------------------------
@@ -374,7 +484,10 @@ def _run_cli(capsys, *argv):
 @pytest.mark.parametrize("argv, match", [
     (["train", "--env", "NoSuchEnv-v0", "--total-steps", "1"], "unknown environment id 'NoSuchEnv-v0'"),
     (["train", "--env", "CartPole-v1", "--total-steps", "-5"], "must be >= 0"),
-    (["train", "--total-steps", "1"], "--env is required"),
+    (["train", "--env", "CartPole-v1", "--horizon", "5"], "--horizon only applies to MetaDrive"),
+    (["train", "--env", "metadrive", "--traffic-density", "2"], "must be in [0, 1]"),
+    (["train", "--env", "metadrive", "--num-scenarios", "0"], "must be >= 1"),
+    (["eval", "/nonexistent/run", "--env", "metadrive"], "run directory not found"),
     (["train", "--env", "CartPole-v1", "--config", "/nonexistent.toml"], "config file not found"),
     (["eval", "/nonexistent/run"], "run directory not found"),
     (["train", "--resume", "/nonexistent/run"], "run directory not found"),

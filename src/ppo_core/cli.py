@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import math
 import os
 import sys
@@ -53,6 +54,44 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _is_metadrive(env_id: str) -> bool:
+    return env_id.lower().startswith("metadrive")  # as ppo_core.train.envs.env_family
+
+
+def _add_metadrive_options(p: argparse.ArgumentParser, *, scenario_help: str, start_help: str) -> None:
+    g = p.add_argument_group("MetaDrive options (override the config's / run's env_kwargs)")
+    g.add_argument("--num-scenarios", type=_positive_int, metavar="K", help=scenario_help)
+    g.add_argument("--start-seed", type=_non_negative_int, metavar="S", help=start_help)
+    g.add_argument("--traffic-density", type=_unit_float, metavar="D", help="traffic density in [0, 1]")
+    g.add_argument("--horizon", type=_positive_int, metavar="H", help="episode step limit (a truncation)")
+
+
+def _metadrive_flags(args: argparse.Namespace, names: tuple = ("num_scenarios", "start_seed",
+                                                                "traffic_density", "horizon")) -> Dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _setup_logging() -> None:
+    # Warnings (worker restarts) and the MetaDrive asset decision reach the user; a host
+    # application or pytest that configured logging keeps its own handlers.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
 def _require(modules: Dict[str, str], extra: str, command: str) -> None:
     missing = [pip_name for mod, pip_name in modules.items() if importlib.util.find_spec(mod) is None]
     if missing:
@@ -66,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{train,eval,verify}", parser_class=_Parser)
     sub.required = True
 
-    t = sub.add_parser("train", help="train a policy (needs the 'train' extra)",
-                       description="Train PPO on a gymnasium environment. Settings: defaults < --config < flags.")
-    t.add_argument("--env", metavar="ENV_ID", help="gymnasium id (e.g. CartPole-v1) or 'metadrive'")
+    t = sub.add_parser("train", help="train a policy (needs the 'train' extra; MetaDrive: the 'metadrive' extra)",
+                       description="Train PPO on MetaDrive (the default) or a gymnasium environment. "
+                                   "Settings: built-in defaults of the env (MetaDrive: the preset that "
+                                   "configs/metadrive.toml spells out) < --config < flags.")
+    t.add_argument("--env", metavar="ENV_ID",
+                   help="'metadrive' (default) or a gymnasium id (e.g. CartPole-v1)")
     t.add_argument("--config", metavar="FILE", help="TOML or JSON config file (see configs/)")
     t.add_argument("--total-steps", type=_non_negative_int, metavar="N",
                    help="environment steps, rounded up to whole rollouts (at least one update)")
@@ -79,14 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run from its latest checkpoint (only --total-steps may be given with it)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_metadrive_options(t, scenario_help="number of training scenarios (default 100)",
+                           start_help="first training scenario (default 0)")
 
     e = sub.add_parser("eval", help="evaluate a trained run (needs the 'train' extra)",
-                       description="Run the latest checkpoint's policy and report the episode returns.")
+                       description="Run the latest checkpoint's policy and report the episode returns "
+                                   "(MetaDrive: success, crash and out-of-road rates, route completion, "
+                                   "on scenarios S, S+1, ... in parallel workers).")
     e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--env", metavar="ENV_ID", help="environment (default: the run's)")
     e.add_argument("--episodes", type=_positive_int, default=10, metavar="N", help="episodes (default 10)")
-    e.add_argument("--seed", type=_non_negative_int, default=0, metavar="S", help="environment seed (default 0)")
+    e.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
+                   help="environment seed, gymnasium envs (default 0)")
     e.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean / arg-max")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    _add_metadrive_options(e, scenario_help="size of the evaluation range (default: N, each scenario once)",
+                           start_help="first evaluation scenario (default 10000, unseen in training)")
+    e.add_argument("--gif", metavar="PATH", help="MetaDrive: also write a top-down GIF of scenario S")
+    e.add_argument("--workers", type=_positive_int, metavar="W",
+                   help="MetaDrive: evaluation worker processes (default: one per core)")
 
     v = sub.add_parser("verify", help="check the installed kernels against the NumPy spec",
                        description="Run ppo_core.verify (Hypothesis) against the installed build.")
@@ -113,6 +166,8 @@ class _Progress:
         step, ret, sps = row["step"], row["episode_return"], row["steps_per_second"]
         ret_text = "   n/a" if math.isnan(ret) else f"{ret:8.2f}"
         done = trainer.finished
+        if self.tty and "eval_step" in row:  # keep held-out results on screen, above the bar
+            self.stream.write(f"\r{'':110}\r[eval] step {row['eval_step']}:{_eval_text(row)}\n")
         if self.tty:
             frac = min(step / self.total, 1.0)
             width = 24
@@ -129,8 +184,17 @@ class _Progress:
             self.last_line = time.monotonic()
             self.stream.write(f"update {row['update']} step {step}/{self.total} return {ret_text.strip()} "
                               f"steps/s {sps:.0f} approx_kl {row['approx_kl']:.4f} "
-                              f"explained_variance {row['explained_variance']:.3f}\n")
+                              f"explained_variance {row['explained_variance']:.3f}{_eval_text(row)}\n")
             self.stream.flush()
+
+
+def _eval_text(row: Dict[str, Any]) -> str:
+    if "eval_step" not in row:
+        return ""
+    if "eval_success_rate" in row:
+        return (f" | held-out success {row['eval_success_rate']:.2f} route completion "
+                f"{row['eval_route_completion']:.2f} return {row['eval_mean_return']:.1f}")
+    return f" | held-out return {row['eval_mean_return']:.2f}"
 
 
 # -- subcommands ------------------------------------------------------------------
@@ -146,10 +210,13 @@ def _train(args: argparse.Namespace) -> int:
     from ppo_core import train as T
     from ppo_core.train import checkpoint as ckpt
 
+    _setup_logging()
     if args.resume:
         clashing = [flag for flag, value in (("--env", args.env), ("--config", args.config),
                                              ("--num-envs", args.num_envs), ("--seed", args.seed),
-                                             ("--out", args.out)) if value is not None]
+                                             ("--out", args.out),
+                                             *((_flag(k), v) for k, v in _metadrive_flags(args).items()))
+                   if value is not None]
         if clashing:
             raise CLIError(f"--resume uses the run's saved config; {', '.join(clashing)} cannot be combined with it")
         trainer = T.Trainer.resume(args.resume, total_steps=args.total_steps)
@@ -161,7 +228,12 @@ def _train(args: argparse.Namespace) -> int:
             return 0
         run_dir = args.resume
     else:
-        config = T.load_config(args.config) if args.config else T.PPOConfig()
+        file_data = T.read_config_file(args.config) if args.config else {}
+        env_id = args.env or file_data.get("env_id") or "metadrive"
+        if not isinstance(env_id, str):
+            raise CLIError(f"config key 'env_id': expected str, got {env_id!r}")
+        defaults = T.preset(env_id)  # MetaDrive: the built-in preset; others: PPOConfig defaults
+        config = T.load_config(args.config, defaults=defaults) if args.config else defaults
         overrides: Dict[str, Any] = {}
         if args.env is not None:
             overrides["env_id"] = args.env
@@ -173,9 +245,15 @@ def _train(args: argparse.Namespace) -> int:
             overrides["seed"] = args.seed
         if args.async_envs:
             overrides["async_envs"] = True
+        md_flags = _metadrive_flags(args)
+        if md_flags and not _is_metadrive(env_id):
+            raise CLIError(f"{', '.join(map(_flag, md_flags))} only applies to MetaDrive (--env metadrive), "
+                           f"not {env_id!r}")
+        if md_flags:
+            overrides["env_kwargs"] = {**config.env_kwargs, **md_flags}
         config = config.replace(**overrides)
-        if not config.env_id:
-            raise CLIError("train: --env is required (e.g. --env CartPole-v1)")
+        if _is_metadrive(config.env_id):
+            _require({"metadrive": "metadrive-simulator"}, "metadrive", "train --env metadrive")
         run_dir = args.out or _default_out(config.env_id, config.seed)
         if ckpt.is_run_dir(run_dir) or ckpt.list_checkpoints(run_dir):
             raise CLIError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
@@ -197,6 +275,11 @@ def _train(args: argparse.Namespace) -> int:
         return 130
     assert row is not None
     print(f"done: {row['step']} steps, recent return {row['episode_return']:.2f}; run directory {run_dir}")
+    t = trainer.timing_summary()
+    shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in t["shares"].items())
+    print(f"time: {t['total_seconds']:.1f} s, {t['steps_per_second']:.0f} steps/s; shares: {shares}; "
+          f"outside env stepping and eval: {100 * t['outside_env']:.1f}%"
+          + (f"; {trainer.env_restarts} env restart(s) after worker failures" if trainer.env_restarts else ""))
     return 0
 
 
@@ -205,14 +288,30 @@ def _eval(args: argparse.Namespace) -> int:
     from ppo_core import train as T
 
     policy = T.load_policy(args.run_dir)
-    result = T.evaluate(policy, episodes=args.episodes, seed=args.seed, deterministic=not args.stochastic)
-    result["env_id"] = policy.config.env_id
+    env_id = args.env or policy.config.env_id
+    md_only = {**_metadrive_flags(args), **{k: v for k, v in (("gif", args.gif), ("workers", args.workers))
+                                            if v is not None}}
+    if _is_metadrive(env_id):
+        return _eval_metadrive(args, policy, env_id)
+    if md_only:
+        raise CLIError(f"{', '.join(map(_flag, md_only))} only applies to MetaDrive (--env metadrive), "
+                       f"not {env_id!r}")
+    try:
+        result = T.evaluate(policy, env_id, episodes=args.episodes, seed=args.seed,
+                            deterministic=not args.stochastic,
+                            env_kwargs=None if env_id == policy.config.env_id else {})
+    except ValueError as e:  # e.g. a MetaDrive run evaluated on CartPole
+        if env_id == policy.config.env_id or not str(e).startswith("act: expected"):
+            raise
+        raise CLIError(f"{args.run_dir} was trained on {policy.config.env_id!r}; its policy does not fit "
+                       f"{env_id!r} ({e})", code=1) from None
+    result["env_id"] = env_id
     result["step"] = policy.step
     result["deterministic"] = not args.stochastic
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{policy.config.env_id} at step {policy.step}: mean return {result['mean_return']:.2f} "
+        print(f"{env_id} at step {policy.step}: mean return {result['mean_return']:.2f} "
               f"± {result['std_return']:.2f} over {result['episodes']} episodes "
               f"(mean length {result['mean_length']:.1f}, "
               f"{'deterministic' if not args.stochastic else 'stochastic'} policy)")
@@ -221,6 +320,55 @@ def _eval(args: argparse.Namespace) -> int:
         for key, value in result.items():
             if key not in skip:
                 print(f"  {key}: {value}")
+    return 0
+
+
+def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
+    _require({"metadrive": "metadrive-simulator"}, "metadrive", "eval --env metadrive")
+    if not _is_metadrive(policy.config.env_id):
+        raise CLIError(f"{args.run_dir} was trained on {policy.config.env_id or 'a custom env'!r}, "
+                       f"not MetaDrive; its policy cannot drive", code=1)
+    from ppo_core.envs import metadrive as md
+
+    _setup_logging()
+    # Options not given follow the run's env_kwargs, except the scenario range, which
+    # defaults to unseen scenarios: S = 10000, K = N (each scenario once).
+    kwargs = {k: v for k, v in policy.config.env_kwargs.items() if k not in ("start_seed", "num_scenarios")}
+    kwargs.update(_metadrive_flags(args, ("traffic_density", "horizon")))
+    n = args.episodes
+    start = md.EVAL_START_SEED if args.start_seed is None else args.start_seed
+    k = n if args.num_scenarios is None else args.num_scenarios
+    try:
+        base = md.MetaDriveConfig.from_dict({**kwargs, "start_seed": start, "num_scenarios": k})
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"MetaDrive options of {args.run_dir}: {e}", code=1) from None
+    deterministic = not args.stochastic
+
+    def act(obs: Any) -> Any:
+        return policy.act(obs, deterministic=deterministic)
+
+    t0 = time.monotonic()
+    result: Dict[str, Any] = md.evaluate_policy(act, base, episodes=n, start_seed=start, num_scenarios=k,
+                                                num_workers=args.workers)
+    result.update(env_id=env_id, step=policy.step, deterministic=deterministic, start_seed=start,
+                  num_scenarios=k, traffic_density=base.traffic_density, horizon=base.horizon,
+                  seconds=round(time.monotonic() - t0, 2))
+    if args.gif:
+        gif = md.write_topdown_gif(act, base, seed=start, path=args.gif)
+        result["gif"] = {"path": gif["path"], "scenario": gif["scenario"], "frames": gif["frames"],
+                         "success": gif["success"], "length": gif["length"]}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{env_id} at step {policy.step}: {result['episodes']} episodes on scenarios "
+              f"{start}..{start + k - 1} ({'deterministic' if deterministic else 'stochastic'} policy, "
+              f"{result['seconds']:.0f} s)")
+        print(f"  success {result['success_rate']:.3f}  crash {result['crash_rate']:.3f}  "
+              f"out of road {result['out_of_road_rate']:.3f}  route completion {result['route_completion']:.3f}")
+        print(f"  return {result['mean_return']:.2f} ± {result['std_return']:.2f}  "
+              f"mean length {result['mean_length']:.1f}")
+        if args.gif:
+            print(f"  GIF of scenario {start}: {args.gif}")
     return 0
 
 

@@ -6,9 +6,9 @@ trained run with :func:`load_policy`. The swappable pieces are documented in
 """
 
 from .agent import Policy, evaluate, load_policy
-from .config import PPOConfig, load_config, save_config
+from .config import PPOConfig, load_config, preset, read_config_file, save_config
 from .envs import make_vector_env
-from .errors import ConfigError, RunDirError, TrainError
+from .errors import ConfigError, EnvWorkerError, RunDirError, TrainError
 from .estimators import ESTIMATORS, AdvantageEstimator, gae, returns_minus_baseline, reward_to_go
 from .losses import POLICY_LOSSES, PolicyLoss, SurrogateLoss, clipped_surrogate, policy_gradient
 from .policies import ActorCritic, MLPActorCritic, PolicyFactory, make_mlp_policy
@@ -16,7 +16,7 @@ from .rollout import Rollout, RolloutCollector
 from .trainer import Trainer, train
 
 __all__ = [
-    "PPOConfig", "load_config", "save_config",
+    "PPOConfig", "load_config", "save_config", "read_config_file",
     "Trainer", "train",
     "Policy", "load_policy", "evaluate",
     "make_vector_env",
@@ -24,5 +24,5 @@ __all__ = [
     "PolicyLoss", "SurrogateLoss", "clipped_surrogate", "policy_gradient", "POLICY_LOSSES",
     "ActorCritic", "MLPActorCritic", "PolicyFactory", "make_mlp_policy",
     "Rollout", "RolloutCollector",
-    "TrainError", "ConfigError", "RunDirError",
+    "TrainError", "ConfigError", "RunDirError", "EnvWorkerError", "preset",
 ]

@@ -11,3 +11,7 @@ class ConfigError(TrainError, ValueError):
 
 class RunDirError(TrainError, ValueError):
     """A run directory is missing, is not a run, or already holds a run."""
+
+
+class EnvWorkerError(TrainError, RuntimeError):
+    """Environment workers kept failing: the vector env was rebuilt too many times in a row."""

@@ -10,6 +10,7 @@ through :func:`ppo_core.torch.next_values_from` with ``done = terminated | trunc
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
@@ -53,6 +54,9 @@ class RolloutCollector:
 
     Keeps the current observations and per-env episode accumulators between
     calls, and updates the observation normalizer and reward scaler as it goes.
+    ``timings`` accumulates wall-clock seconds in ``env`` (vector env ``step`` and
+    ``reset``) and ``inference`` (everything else the collector does: the policy's
+    forward passes, normalization, buffer writes); the trainer reads and resets it.
     """
 
     def __init__(self, envs: gymnasium.vector.VectorEnv, policy: Callable, obs_normalizer: ObsNormalizer,
@@ -63,16 +67,28 @@ class RolloutCollector:
         self.reward_scaler = reward_scaler
         self.num_envs = envs.num_envs
         self.action_space = envs.single_action_space
+        self.timings = {"env": 0.0, "inference": 0.0}
+        self.recent_returns: deque = deque(maxlen=20)
+        self.recent_lengths: deque = deque(maxlen=20)
+        self.replace_envs(envs, seed, update_stats=update_stats_on_reset)
+
+    def replace_envs(self, envs: gymnasium.vector.VectorEnv, seed: Optional[int], *,
+                     update_stats: bool = True) -> None:
+        """Switch to ``envs`` (e.g. rebuilt after a worker crash): reset them with ``seed``
+        and start new episodes; unfinished episodes of the old envs are dropped."""
+        if envs.num_envs != self.num_envs:
+            raise ValueError(f"replace_envs: expected {self.num_envs} envs, got {envs.num_envs}")
+        self.envs = envs
+        t0 = time.perf_counter()
         obs, _ = envs.reset(seed=seed)
+        self.timings["env"] += time.perf_counter() - t0
         if seed is not None:
             envs.action_space.seed(seed)
         self.raw_obs = np.asarray(obs)
-        if update_stats_on_reset:  # off on resume: keep the checkpoint's statistics as saved
+        if update_stats:  # off on resume: keep the checkpoint's statistics as saved
             self.obs_normalizer.update(self.raw_obs)
         self.ep_return = np.zeros(self.num_envs, np.float64)
         self.ep_length = np.zeros(self.num_envs, np.int64)
-        self.recent_returns: deque = deque(maxlen=20)
-        self.recent_lengths: deque = deque(maxlen=20)
 
     @torch.no_grad()
     def _value(self, raw_obs: np.ndarray) -> torch.Tensor:
@@ -92,43 +108,51 @@ class RolloutCollector:
         actions: Optional[torch.Tensor] = None
         ep_returns: List[float] = []
         ep_lengths: List[int] = []
+        start = time.perf_counter()
+        env_time = 0.0
+        try:
+            for t in range(T):
+                obs = torch.from_numpy(self.obs_normalizer(self.raw_obs))
+                dist, value = self.policy(obs)
+                action = dist.sample()
+                if actions is None:
+                    actions = torch.zeros((T, *action.shape), dtype=action.dtype)
+                obs_buf[t] = obs
+                actions[t] = action
+                log_probs[t] = dist.log_prob(action)
+                values[t] = value
 
-        for t in range(T):
-            obs = torch.from_numpy(self.obs_normalizer(self.raw_obs))
-            dist, value = self.policy(obs)
-            action = dist.sample()
-            if actions is None:
-                actions = torch.zeros((T, *action.shape), dtype=action.dtype)
-            obs_buf[t] = obs
-            actions[t] = action
-            log_probs[t] = dist.log_prob(action)
-            values[t] = value
+                env_actions = env_action(action, self.action_space)
+                t_env = time.perf_counter()
+                next_obs, reward, term, trunc, info = self.envs.step(env_actions)
+                env_time += time.perf_counter() - t_env
+                term = np.asarray(term, bool)
+                trunc = np.asarray(trunc, bool) & ~term  # both set: the episode really ended
+                done = term | trunc
 
-            next_obs, reward, term, trunc, info = self.envs.step(env_action(action, self.action_space))
-            term = np.asarray(term, bool)
-            trunc = np.asarray(trunc, bool) & ~term  # both set: the episode really ended
-            done = term | trunc
+                if trunc.any():
+                    idx = np.flatnonzero(trunc)
+                    final_obs = np.stack([np.asarray(info["final_obs"][i]) for i in idx])
+                    final_values[t, torch.from_numpy(idx)] = self._value(final_obs)
 
-            if trunc.any():
-                idx = np.flatnonzero(trunc)
-                final_obs = np.stack([np.asarray(info["final_obs"][i]) for i in idx])
-                final_values[t, torch.from_numpy(idx)] = self._value(final_obs)
+                reward = np.asarray(reward, np.float64)
+                rewards[t] = torch.from_numpy(self.reward_scaler(reward, done))
+                terminated[t] = torch.from_numpy(term)
+                truncated[t] = torch.from_numpy(trunc)
 
-            reward = np.asarray(reward, np.float64)
-            rewards[t] = torch.from_numpy(self.reward_scaler(reward, done))
-            terminated[t] = torch.from_numpy(term)
-            truncated[t] = torch.from_numpy(trunc)
+                self.ep_return += reward
+                self.ep_length += 1
+                for i in np.flatnonzero(done):
+                    ep_returns.append(float(self.ep_return[i]))
+                    ep_lengths.append(int(self.ep_length[i]))
+                self.ep_return[done] = 0.0
+                self.ep_length[done] = 0
 
-            self.ep_return += reward
-            self.ep_length += 1
-            for i in np.flatnonzero(done):
-                ep_returns.append(float(self.ep_return[i]))
-                ep_lengths.append(int(self.ep_length[i]))
-            self.ep_return[done] = 0.0
-            self.ep_length[done] = 0
-
-            self.raw_obs = np.asarray(next_obs)
-            self.obs_normalizer.update(self.raw_obs)
+                self.raw_obs = np.asarray(next_obs)
+                self.obs_normalizer.update(self.raw_obs)
+        finally:  # a failed (discarded) rollout's time is still counted
+            self.timings["env"] += env_time
+            self.timings["inference"] += time.perf_counter() - start - env_time
 
         last_values = self._value(self.raw_obs)
         next_values = ppo_torch.next_values_from(

@@ -12,15 +12,28 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .checkpoint import atomic_write_bytes
 
-__all__ = ["METRICS_COLUMNS", "MetricsLog", "plot_learning_curve", "read_metrics"]
+__all__ = ["METRICS_COLUMNS", "TIMING_COLUMNS", "EVAL_COLUMNS", "WALL_CLOCK_COLUMNS", "MetricsLog",
+           "plot_learning_curve", "read_metrics"]
 
-#: Columns of metrics.csv. ``time`` and ``steps_per_second`` are wall-clock
-#: figures; every other column is reproducible for a fixed seed and config with SyncVectorEnv.
+#: Seconds of the update spent in each part (see ``ppo_core.train.trainer.TIMING_KEYS``).
+TIMING_COLUMNS = ["env_seconds", "inference_seconds", "advantage_seconds", "update_seconds",
+                  "eval_seconds", "other_seconds"]
+
+#: Periodic held-out evaluation; empty in rows of updates without one. ``eval_step`` is the
+#: step evaluated; the rates and route completion are MetaDrive's (empty for other envs).
+EVAL_COLUMNS = ["eval_step", "eval_success_rate", "eval_crash_rate", "eval_out_of_road_rate",
+                "eval_route_completion", "eval_mean_return", "eval_mean_length"]
+
+#: Columns of metrics.csv. The wall-clock ones (:data:`WALL_CLOCK_COLUMNS`) vary between
+#: runs; every other column is reproducible for a fixed seed and config with SyncVectorEnv.
 METRICS_COLUMNS = [
     "step", "time", "update", "episode_return", "episode_length", "episodes",
     "policy_loss", "value_loss", "entropy", "clip_fraction", "value_clip_fraction",
     "approx_kl", "explained_variance", "learning_rate", "epochs", "steps_per_second",
+    *TIMING_COLUMNS, *EVAL_COLUMNS, "env_restarts",
 ]
+
+WALL_CLOCK_COLUMNS = {"time", "steps_per_second", *TIMING_COLUMNS}
 
 
 def _fmt(x: Any) -> str:
@@ -95,7 +108,8 @@ def _floats(rows: Sequence[Dict[str, str]], key: str) -> List[float]:
 
 
 def plot_learning_curve(rows: Sequence[Dict[str, str]], path: os.PathLike, title: str = "") -> None:
-    """Draw episode return and losses against steps into ``path`` (PNG, Agg, written atomically)."""
+    """Draw episode return (with held-out success, when evaluated) and losses against steps
+    into ``path`` (PNG, Agg, written atomically)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -108,6 +122,22 @@ def plot_learning_curve(rows: Sequence[Dict[str, str]], path: os.PathLike, title
     ax1.grid(alpha=0.3)
     if title:
         ax1.set_title(title)
+    evals = [r for r in rows if r.get("eval_step")]
+    if evals:
+        eval_steps = _floats(evals, "eval_step")
+        success = _floats(evals, "eval_success_rate")
+        ax3 = ax1.twinx()
+        if not all(math.isnan(x) for x in success):
+            ax3.plot(eval_steps, success, "o-", color="tab:orange", label="held-out success")
+            ax3.plot(eval_steps, _floats(evals, "eval_route_completion"), "s--", color="tab:green",
+                     alpha=0.7, label="held-out route completion")
+            ax3.set_ylim(-0.02, 1.02)
+            ax3.set_ylabel("held-out success rate")
+        else:  # envs without a success flag: held-out return on the return axis' twin
+            ax3.plot(eval_steps, _floats(evals, "eval_mean_return"), "o-", color="tab:orange",
+                     label="held-out return (deterministic)")
+            ax3.set_ylabel("held-out return")
+        ax3.legend(loc="lower right", fontsize="small")
     ax2.plot(steps, _floats(rows, "policy_loss"), label="policy loss")
     ax2.plot(steps, _floats(rows, "value_loss"), label="value loss")
     ax2.set_xlabel("environment steps")

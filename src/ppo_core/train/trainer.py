@@ -11,9 +11,12 @@ that people change is passed in:
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
@@ -25,8 +28,8 @@ from ppo_core import torch as ppo_torch
 
 from . import checkpoint as ckpt
 from .config import PPOConfig, save_config
-from .envs import make_vector_env
-from .errors import ConfigError, RunDirError
+from .envs import env_family, make_vector_env
+from .errors import ConfigError, EnvWorkerError, RunDirError
 from .estimators import ESTIMATORS
 from .losses import POLICY_LOSSES
 from .normalize import ObsNormalizer, RewardScaler
@@ -35,6 +38,15 @@ from .rollout import Rollout, RolloutCollector
 from .runlog import MetricsLog, plot_learning_curve
 
 __all__ = ["Trainer", "train", "UpdateCallback"]
+
+logger = logging.getLogger("ppo_core.train")
+
+#: Parts of the wall time, each a ``<part>_seconds`` column of metrics.csv:
+#: ``env`` vector env ``step``/``reset`` (and rebuilding it after a worker failure),
+#: ``inference`` the rest of rollout collection (policy forward passes, normalization),
+#: ``advantage`` the advantage estimator (kernels), ``update`` the PyTorch minibatch
+#: epochs, ``eval`` periodic evaluation, ``other`` logging, checkpoints and the curve.
+TIMING_KEYS = ("env", "inference", "advantage", "update", "eval", "other")
 
 #: ``callback(trainer, row)`` called after every update with that update's metrics row.
 UpdateCallback = Callable[["Trainer", Dict[str, Any]], None]
@@ -46,6 +58,46 @@ def _normalize_advantages(adv: torch.Tensor) -> torch.Tensor:
     if adv.numel() < 2:
         return adv
     return (adv - adv.mean()) / (adv.std() + 1e-8)
+
+
+def worker_failed(envs: Any, error: Optional[BaseException] = None) -> bool:
+    """True if ``envs`` is an ``AsyncVectorEnv`` with a dead or failed worker.
+
+    A worker killed by a signal closes its pipe (``error`` is then an ``EOFError`` or
+    a connection error, possibly before the process is reaped) and dies; one whose env
+    raised an exception reports it and exits, and gymnasium drops its pipe (``None``).
+    Either way the vector env cannot be used again.
+    """
+    procs = getattr(envs, "processes", None)
+    pipes = getattr(envs, "parent_pipes", None)
+    if procs is None or pipes is None:
+        return False
+    if isinstance(error, (EOFError, ConnectionError)):
+        return True
+    return any(p is None for p in pipes) or any(not proc.is_alive() for proc in procs)
+
+
+def force_close(envs: Any) -> None:
+    """Close a (possibly broken) vector env: terminate its remaining workers, never raise."""
+    for proc in getattr(envs, "processes", []):
+        if proc.is_alive():
+            proc.terminate()
+    if hasattr(envs, "_state"):  # a pending step on a dead pipe would be waited for
+        from gymnasium.vector.async_vector_env import AsyncState
+
+        envs._state = AsyncState.DEFAULT
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            envs.close(terminate=True) if hasattr(envs, "processes") else envs.close()
+    except Exception as e:  # the workers are gone already; closing is best effort
+        logger.debug("closing a broken vector env: %r", e)
+    for proc in getattr(envs, "processes", []):
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+    envs.closed = True
 
 
 def _explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -89,7 +141,8 @@ class Trainer:
 
         update = 0 if _resume_state is None else int(_resume_state["update"])
         env_seed = config.seed if _resume_state is None else config.seed + 7919 * update
-        self.envs = make_vector_env(env_fn or config.env_id, config.num_envs, env_seed,
+        self._env_source: Any = env_fn or config.env_id
+        self.envs = make_vector_env(self._env_source, config.num_envs, env_seed,
                                     asynchronous=config.async_envs, env_kwargs=config.env_kwargs)
         try:
             self.observation_space = self.envs.single_observation_space
@@ -118,6 +171,15 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, self.run_dir / "config.toml")
         self.metrics = MetricsLog(self.run_dir, resume_step=self.global_step if _resume_state else None)
+        self.env_restarts = 0
+        """Times the vector env was rebuilt after a worker failure (this session)."""
+        self.timing_totals: Dict[str, float] = {k: 0.0 for k in TIMING_KEYS}
+        """Wall-clock seconds of this session by part (see :data:`TIMING_KEYS`)."""
+        self._pending_other = 0.0  # checkpoint time, charged to the next row
+        self._last_eval_step = self.global_step
+        self._evaluator: Any = None
+        self._session_steps = 0
+        self._learn_timings: Dict[str, float] = {"advantage": 0.0, "update": 0.0}
 
     @staticmethod
     def _lookup(table: Dict[str, Any], name: str, key: str) -> Any:
@@ -181,10 +243,145 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint now (atomically) and redraw the learning curve."""
+        t0 = time.perf_counter()
         path = ckpt.save_checkpoint(self.run_dir, self._state(), self.global_step, self.config.keep_checkpoints)
         plot_learning_curve(self.metrics.rows, self.run_dir / "learning_curve.png",
-                            title=f"{self.config.env_id} seed {self.config.seed}")
+                            title=f"{self.config.env_id or 'custom env'} seed {self.config.seed}")
+        dt = time.perf_counter() - t0
+        self._pending_other += dt
+        self.timing_totals["other"] += dt
+        self.elapsed += dt
         return path
+
+    # -- evaluation ---------------------------------------------------------------
+
+    def _is_metadrive(self) -> bool:
+        return isinstance(self._env_source, str) and env_family(self._env_source) == "metadrive"
+
+    def evaluate(self, episodes: Optional[int] = None) -> Dict[str, Any]:
+        """Evaluate the current deterministic policy on the held-out episodes now.
+
+        MetaDrive: scenarios ``eval_start_seed, ...`` (``episodes`` of them, default
+        ``config.eval_episodes``), each once, in a :class:`~ppo_core.envs.metadrive.ParallelEvaluator`
+        kept alive between calls (its workers idle while the training envs step).
+        Other envs: :func:`ppo_core.train.evaluate` with reset seed ``eval_start_seed``.
+        Returns the evaluation summary (``mean_return``, ``success_rate``, ...).
+        """
+        from .agent import Policy, evaluate
+
+        cfg = self.config
+        n = cfg.eval_episodes if episodes is None else int(episodes)
+        was_training = self.policy.training
+        policy = Policy(self.policy, self.obs_normalizer, self.observation_space, self.action_space, cfg,
+                        step=self.global_step)
+        try:
+            if self._is_metadrive():
+                from ppo_core.envs import metadrive as md
+
+                if self._evaluator is None or self._evaluator.config.num_scenarios < n:
+                    self._close_evaluator()
+                    base = md.MetaDriveConfig.from_dict(cfg.env_kwargs)
+                    ev_cfg = base.replace(start_seed=cfg.eval_start_seed, num_scenarios=n)
+                    self._evaluator = md.ParallelEvaluator(ev_cfg, min(cfg.eval_workers or cfg.num_envs, n))
+                return self._evaluator.evaluate(lambda obs: policy.act(obs, deterministic=True), episodes=n,
+                                                start_seed=cfg.eval_start_seed)
+            result = evaluate(policy, self._env_source, episodes=n, seed=cfg.eval_start_seed,
+                              env_kwargs=cfg.env_kwargs)
+            result.pop("returns", None)
+            return result
+        finally:
+            self.policy.train(was_training)
+
+    def _close_evaluator(self) -> None:
+        if self._evaluator is not None:
+            try:
+                self._evaluator.close()
+            except Exception as e:  # a dead worker: closing is best effort
+                logger.debug("closing the evaluator: %r", e)
+            self._evaluator = None
+
+    def _maybe_evaluate(self) -> Dict[str, Any]:
+        every = self.config.eval_every_steps
+        if every <= 0:
+            return {}
+        crossed = self.global_step // every > self._last_eval_step // every
+        final = self.finished and self._last_eval_step != self.global_step
+        if not (crossed or final):
+            return {}
+        t0 = time.perf_counter()
+        try:
+            result = self.evaluate()
+        except (RuntimeError, OSError, EOFError) as e:
+            # A crashed evaluation worker must not end the training run.
+            logger.warning("evaluation at step %d failed (%s: %s); skipped, the evaluator is restarted "
+                           "at the next evaluation", self.global_step, type(e).__name__, e)
+            self._close_evaluator()
+            return {"eval_seconds": time.perf_counter() - t0}
+        self._last_eval_step = self.global_step
+        row: Dict[str, Any] = {"eval_step": self.global_step}
+        for key in ("success_rate", "crash_rate", "out_of_road_rate", "route_completion", "mean_return",
+                    "mean_length"):
+            if key in result:
+                row[f"eval_{key}"] = float(result[key])
+        row["eval_seconds"] = time.perf_counter() - t0
+        return row
+
+    # -- environment workers --------------------------------------------------------
+
+    def _collect(self) -> Rollout:
+        """A rollout; if an ``AsyncVectorEnv`` worker dies, rebuild the envs and start over."""
+        cfg = self.config
+        failures = 0
+        while True:
+            saved = (copy.deepcopy(self.obs_normalizer.state_dict()),
+                     copy.deepcopy(self.reward_scaler.state_dict()))
+            try:
+                if failures:
+                    self._rebuild_envs()
+                return self.collector.collect(cfg.num_steps)
+            except Exception as e:
+                if self.envs is None or not worker_failed(self.envs, e):
+                    raise
+                failures += 1
+                # The partial rollout is discarded, and so is what it taught the normalizers.
+                self.obs_normalizer.load_state_dict(saved[0])
+                self.reward_scaler.load_state_dict(saved[1])
+                force_close(self.envs)
+                self.envs = None
+                if failures > cfg.max_env_restarts:
+                    raise EnvWorkerError(
+                        f"environment workers failed {failures} times in a row in update {self.update} "
+                        f"(step {self.global_step}); giving up (last error: {type(e).__name__}: {e})"
+                    ) from e
+                logger.warning(
+                    "environment worker failed in update %d at step %d (%s: %s); discarded the partial "
+                    "rollout, rebuilding the %d environments (attempt %d of %d)", self.update,
+                    self.global_step, type(e).__name__, e or "worker died", cfg.num_envs, failures,
+                    cfg.max_env_restarts)
+
+    def _rebuild_envs(self) -> None:
+        cfg = self.config
+        self.env_restarts += 1
+        # New seeds, derived deterministically from the run's seed, update and restart count.
+        seed = cfg.seed + 7919 * self.update + 104_729 * self.env_restarts
+        t0 = time.perf_counter()
+        self.envs = make_vector_env(self._env_source, cfg.num_envs, seed, asynchronous=cfg.async_envs,
+                                    env_kwargs=cfg.env_kwargs)
+        self.collector.timings["env"] += time.perf_counter() - t0
+        self.collector.replace_envs(self.envs, seed)
+
+    def timing_summary(self) -> Dict[str, Any]:
+        """This session's wall time by part: ``{"seconds": {...}, "shares": {...}, "steps_per_second"}``.
+
+        ``shares`` are fractions of the total; ``outside_env`` is ``1 - shares["env"] - shares["eval"]``
+        (the learner's own cost: inference, kernels, the PyTorch update, logging).
+        """
+        total = sum(self.timing_totals.values())
+        shares = {k: (v / total if total > 0 else 0.0) for k, v in self.timing_totals.items()}
+        steps = self._session_steps
+        return {"seconds": dict(self.timing_totals), "total_seconds": total, "shares": shares,
+                "outside_env": 1.0 - shares["env"] - shares["eval"],
+                "steps_per_second": steps / total if total > 0 else 0.0}
 
     # -- the loop -----------------------------------------------------------------
 
@@ -201,11 +398,23 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = frac * cfg.learning_rate
                 self.policy.eval()
-                rollout = self.collector.collect(cfg.num_steps)
+                env_before = self.collector.timings["env"]
+                rollout = self._collect()
+                t_collected = time.perf_counter()
+                timings = {"env": self.collector.timings["env"] - env_before}
+                timings["inference"] = t_collected - t0 - timings["env"]
                 self.global_step += cfg.batch_size
+                self._session_steps += cfg.batch_size
                 self.policy.train()
                 stats = self.learn(rollout)
+                timings.update(self._learn_timings)
+                eval_row = self._maybe_evaluate()
+                timings["eval"] = eval_row.get("eval_seconds", 0.0)
                 dt = time.perf_counter() - t0
+                timings["other"] = max(dt - sum(timings.values()), 0.0) + self._pending_other
+                self._pending_other = 0.0
+                for k, v in timings.items():
+                    self.timing_totals[k] += v
                 self.elapsed += dt
                 recent = self.collector.recent_returns
                 row = {
@@ -218,6 +427,9 @@ class Trainer:
                     **stats,
                     "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
                     "steps_per_second": round(cfg.batch_size / dt, 1),
+                    **{f"{k}_seconds": round(v, 4) for k, v in timings.items()},
+                    **{k: v for k, v in eval_row.items() if k != "eval_seconds"},
+                    "env_restarts": self.env_restarts,
                 }
                 self.metrics.log(row)
                 if self.update % cfg.checkpoint_every == 0 or self.finished:
@@ -229,10 +441,16 @@ class Trainer:
         return row
 
     def close(self) -> None:
-        """Close the environments and the metrics files (idempotent)."""
+        """Close the environments, the evaluator and the metrics files (idempotent)."""
         if getattr(self, "envs", None) is not None:
-            self.envs.close()
+            pending = getattr(getattr(self.envs, "_state", None), "value", "default") != "default"
+            if pending or worker_failed(self.envs):  # e.g. interrupted mid-step: no graceful close
+                force_close(self.envs)
+            else:
+                self.envs.close()
             self.envs = None
+        if getattr(self, "_evaluator", None) is not None:
+            self._close_evaluator()
         if getattr(self, "metrics", None) is not None:
             self.metrics.close()
             self.metrics = None
@@ -240,10 +458,12 @@ class Trainer:
     def learn(self, rollout: Rollout) -> Dict[str, float]:
         """One PPO update on ``rollout``: advantages, then minibatch epochs. Returns loss statistics."""
         cfg = self.config
+        t0 = time.perf_counter()
         advantages, returns = self.advantage_estimator(
             rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.truncated,
             gamma=cfg.gamma, lam=cfg.lam,
         )
+        t_adv = time.perf_counter()
         obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
         actions = rollout.actions.reshape(-1, *rollout.actions.shape[2:])
         old_log_probs = rollout.log_probs.reshape(-1)
@@ -296,6 +516,7 @@ class Trainer:
         stats["approx_kl"] = approx_kl
         stats["explained_variance"] = _explained_variance(old_values, returns)
         stats["epochs"] = epochs
+        self._learn_timings = {"advantage": t_adv - t0, "update": time.perf_counter() - t_adv}
         return stats
 
 
