@@ -20,8 +20,10 @@ export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 so=$(python -c "import ppo_core; print(ppo_core._core.__file__)")
 # Refuse to report "no error" for a build that is not instrumented.
-nm -D "$so" | grep -q __asan_report || { echo "not an ASan build: $so"; exit 1; }
-nm -D "$so" | grep -q __ubsan_handle || { echo "not a UBSan build: $so"; exit 1; }
+# (grep -q would close the pipe early and, under pipefail, fail the check.)
+syms=$(nm -D "$so")
+grep -q __asan_report <<<"$syms" || { echo "not an ASan build: $so"; exit 1; }
+grep -q __ubsan_handle <<<"$syms" || { echo "not a UBSan build: $so"; exit 1; }
 echo "sanitized build: $so"
 python -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_spec.py "$@"
 echo "sanitizers: no error reported"
