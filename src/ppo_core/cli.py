@@ -102,16 +102,20 @@ def _require(modules: Dict[str, str], extra: str, command: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ppo-core", description="PPO on the ppo_core kernels.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,verify}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,verify,bench,compare,lrsweep,gradvar}",
+                                parser_class=_Parser)
     sub.required = True
 
     t = sub.add_parser("train", help="train a policy (needs the 'train' extra; MetaDrive: the 'metadrive' extra)",
                        description="Train PPO on MetaDrive (the default) or a gymnasium environment. "
                                    "Settings: built-in defaults of the env (MetaDrive: the preset that "
-                                   "configs/metadrive.toml spells out) < --config < flags.")
+                                   "configs/metadrive.toml spells out) < --config < --algo < flags.")
     t.add_argument("--env", metavar="ENV_ID",
                    help="'metadrive' (default) or a gymnasium id (e.g. CartPole-v1)")
     t.add_argument("--config", metavar="FILE", help="TOML or JSON config file (see configs/)")
+    t.add_argument("--algo", metavar="NAME",
+                   help="algorithm preset: reinforce, reinforce-baseline, a2c or ppo (configs/algos/); sets "
+                        "only the algorithm's keys, over --config's and under the other flags")
     t.add_argument("--total-steps", type=_non_negative_int, metavar="N",
                    help="environment steps, rounded up to whole rollouts (at least one update)")
     t.add_argument("--num-envs", type=_positive_int, metavar="K", help="parallel environments")
@@ -145,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run ppo_core.verify (Hypothesis) against the installed build.")
     v.add_argument("--examples", type=_positive_int, metavar="N", help="Hypothesis examples per property")
     v.add_argument("--seed", type=int, metavar="S", help="Hypothesis seed")
+
+    b = sub.add_parser("bench", help="time the kernels against SB3, CleanRL and TorchRL's loops",
+                       description="Time ppo_core's kernels against the loops users run today (Stable-Baselines3's "
+                                   "NumPy loop, CleanRL's PyTorch loop and losses, TorchRL's GAE when installed, "
+                                   "a copy bound), measured in one run: one table per kernel.")
+    b.add_argument("--quick", action="store_true",
+                   help="fewer and shorter samples, the losses in float32 only (under 2 minutes)")
+    b.add_argument("--e2e", action="store_true",
+                   help="also profile a short MetaDrive training run (needs the 'train' and 'metadrive' extras)")
+    b.add_argument("--json", metavar="PATH", help="also write one JSON record per measurement to PATH")
+
+    from ppo_core import compare, gradvar  # stdlib-only at import; torch is imported when they run
+
+    compare.add_parsers(sub)
+    gradvar.add_parser(sub)
     return parser
 
 
@@ -213,7 +232,8 @@ def _train(args: argparse.Namespace) -> int:
     _setup_logging()
     if args.resume:
         clashing = [flag for flag, value in (("--env", args.env), ("--config", args.config),
-                                             ("--num-envs", args.num_envs), ("--seed", args.seed),
+                                             ("--algo", args.algo), ("--num-envs", args.num_envs),
+                                             ("--seed", args.seed),
                                              ("--out", args.out),
                                              *((_flag(k), v) for k, v in _metadrive_flags(args).items()))
                    if value is not None]
@@ -234,6 +254,8 @@ def _train(args: argparse.Namespace) -> int:
             raise CLIError(f"config key 'env_id': expected str, got {env_id!r}")
         defaults = T.preset(env_id)  # MetaDrive: the built-in preset; others: PPOConfig defaults
         config = T.load_config(args.config, defaults=defaults) if args.config else defaults
+        if args.algo is not None:
+            config = T.apply_algo(config, args.algo)
         overrides: Dict[str, Any] = {}
         if args.env is not None:
             overrides["env_id"] = args.env
@@ -384,11 +406,30 @@ def _verify(args: argparse.Namespace) -> int:
     return int(verify.main(argv) or 0)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from ppo_core import bench  # NumPy only at import; torch-based baselines are skipped without torch
+
+    if args.e2e:
+        _require(_TRAIN_MODULES, "train", "bench --e2e")
+        _require({"metadrive": "metadrive-simulator"}, "metadrive", "bench --e2e")
+        _setup_logging()
+    bench.run(quick=args.quick, e2e=args.e2e, json_path=args.json)
+    return 0
+
+
+def _tutorial(args: argparse.Namespace) -> int:
+    # compare, lrsweep, gradvar: their parsers set ``run`` (ppo_core.compare, ppo_core.gradvar).
+    _require(_TRAIN_MODULES, "train", args.command)
+    _setup_logging()
+    return int(args.run(args))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``ppo-core`` and ``python -m ppo_core``; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        return {"train": _train, "eval": _eval, "verify": _verify}[args.command](args)
+        return {"train": _train, "eval": _eval, "verify": _verify, "compare": _tutorial, "lrsweep": _tutorial,
+                "gradvar": _tutorial, "bench": _bench}[args.command](args)
     except CLIError as e:
         print(f"ppo-core: error: {e}", file=sys.stderr)
         return e.code

@@ -6,6 +6,7 @@ trained run with :func:`load_policy`. The swappable pieces are documented in
 """
 
 from .agent import Policy, evaluate, load_policy
+from .algos import ALGOS, algo_overrides, apply_algo
 from .config import PPOConfig, load_config, preset, read_config_file, save_config
 from .envs import make_vector_env
 from .errors import ConfigError, EnvWorkerError, RunDirError, TrainError
@@ -25,4 +26,5 @@ __all__ = [
     "ActorCritic", "MLPActorCritic", "PolicyFactory", "make_mlp_policy",
     "Rollout", "RolloutCollector",
     "TrainError", "ConfigError", "RunDirError", "EnvWorkerError", "preset",
+    "ALGOS", "algo_overrides", "apply_algo",
 ]
