@@ -1,4 +1,4 @@
-"""The ``ppo-core`` command: ``train``, ``eval`` and ``verify``.
+"""The ``ppo-core`` command: ``train``, ``eval``, ``verify``, ``bench``, ``compare``, ``lrsweep`` and ``gradvar``.
 
 This module imports nothing beyond the standard library at import time:
 torch, gymnasium and the simulators are imported inside the subcommands, so
