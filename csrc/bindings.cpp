@@ -74,6 +74,24 @@ py::array_t<T> empty_like_shape(const py::array& ref) {
     return py::array_t<T>(shape);
 }
 
+// Two outputs of `ref`'s shape carved from one allocation. Why: glibc serves a fresh
+// process's first ~128 KiB+ blocks with mmap and returns freed heap tops above its
+// trim threshold, so two separate 256 KiB outputs page-faulted on every call (~100
+// faults, ~80 us at (2048, 16) float64, 4x the kernel). Freeing one block of twice the
+// size raises both thresholds past it, after which the calls reuse warm heap memory.
+// Both results keep the block alive (their .base).
+template <typename T>
+std::pair<py::array_t<T>, py::array_t<T>> two_outputs_like(const py::array& ref) {
+    std::vector<py::ssize_t> shape{2};
+    shape.insert(shape.end(), ref.shape(), ref.shape() + ref.ndim());
+    py::array_t<T> block(shape);
+    std::vector<py::ssize_t> one(ref.shape(), ref.shape() + ref.ndim());
+    py::ssize_t n = 1;
+    for (auto d : one) n *= d;
+    T* p = block.mutable_data();
+    return {py::array_t<T>(one, p, block), py::array_t<T>(one, p + n, block)};
+}
+
 template <typename T>
 std::tuple<py::array, py::array> gae_impl(const py::array& rewards, const py::array& values,
                                           const py::array& next_values,
@@ -89,8 +107,7 @@ std::tuple<py::array, py::array> gae_impl(const py::array& rewards, const py::ar
     require_dtype<T>(next_values, "next_values");
     require_dtype<bool>(terminated, "terminated");
     require_dtype<bool>(truncated, "truncated");
-    auto adv = empty_like_shape<T>(rewards);
-    auto ret = empty_like_shape<T>(rewards);
+    auto [adv, ret] = two_outputs_like<T>(rewards);
     const auto n_t = rewards.shape(0), n_n = cols(rewards);
     auto r = view2<T>(rewards), v = view2<T>(values), nv = view2<T>(next_values);
     auto term = view2<std::uint8_t>(terminated), trunc = view2<std::uint8_t>(truncated);

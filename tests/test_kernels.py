@@ -438,3 +438,36 @@ def test_narrow_fast_paths_equal_strided_path_and_spec(N, dtype):
     exp, _ = spec.gae(*(np.asarray(ro[k], np.float64) for k in ("rewards", "values", "next_values")),
                       ro["terminated"], ro["truncated"], gamma=0.99, lam=0.95)
     np.testing.assert_allclose(fast[0], exp, rtol=1e-4 if dtype == np.float32 else 1e-12, atol=1e-4)
+
+
+@pytest.mark.parametrize("N", [None, 1, 16, 33])
+@pytest.mark.parametrize("T", [0, 1, 50])
+def test_gae_outputs_are_separate_writable_arrays(T, N):
+    """The two outputs share one allocation (see two_outputs_like in bindings.cpp) but
+    never an element: writing one leaves the other alone."""
+    ro = rollout(T=T, N=N)
+    adv, ret = call_gae(ro)
+    for out in (adv, ret):
+        assert out.shape == ro["rewards"].shape and out.dtype == np.float64
+        assert out.flags.c_contiguous and out.flags.writeable
+    assert not np.shares_memory(adv, ret)
+    np.testing.assert_array_equal(ret, adv + ro["values"])
+    before = ret.copy()
+    adv[...] = 123.0
+    np.testing.assert_array_equal(ret, before)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gae_shortcut_for_kernel_ready_input_equals_general_path(dtype):
+    """ndarrays already in a kernel dtype skip the conversions; the answer is the one
+    the general path gives for the same numbers in other containers and dtypes."""
+    ro = rollout(T=40, N=4, dtype=dtype)
+    fast = call_gae(ro)
+    # A list reads as float64, so only the float64 case passes one.
+    rewards = ro["rewards"].tolist() if dtype == np.float64 else ro["rewards"]
+    general = ppo_core.gae(rewards, ro["values"], ro["next_values"],
+                           ro["terminated"].astype(np.uint8), ro["truncated"].astype(np.int64),
+                           gamma=0.99, lam=0.95)
+    for a, b in zip(fast, general):
+        assert a.dtype == b.dtype == dtype
+        np.testing.assert_array_equal(a, b)

@@ -284,3 +284,41 @@ def test_gradcheck_clipped_value_loss(seed, clip):
     v.requires_grad_()
     assert torch.autograd.gradcheck(lambda x: pt.clipped_value_loss(x, old, ret, clip_coef=clip).loss,
                                     (v,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fn", ["surrogate", "value"])
+def test_backward_scales_by_the_incoming_gradient_and_keeps_the_saved_one(fn):
+    """backward returns the kernel gradient itself when the incoming gradient is 1 (no
+    multiply); a weighted loss, a retained graph and a second backward stay exact."""
+    g = torch.Generator().manual_seed(3)
+    old, third = torch.randn(32, generator=g), torch.randn(32, generator=g)
+    x0 = (old + 0.3 * torch.randn(32, generator=g)).requires_grad_()
+
+    def loss_of(x):
+        if fn == "surrogate":
+            return pt.clipped_surrogate_loss(x, old, third, clip_coef=CLIP).loss
+        return pt.clipped_value_loss(x, old, third, clip_coef=CLIP).loss
+
+    loss_of(x0).backward()
+    unit = x0.grad.clone()
+    x0.grad = None
+    loss = loss_of(x0)
+    loss.backward(retain_graph=True)
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(x0.grad, 2 * unit, rtol=0, atol=0)
+    loss.backward()
+    torch.testing.assert_close(x0.grad, 3 * unit, rtol=0, atol=0)
+    # Through a non-leaf, with a weight and a second term.
+    x1 = x0.detach().clone().requires_grad_()
+    y = x1 * 1.0
+    (-2.5 * loss_of(y) + 0.0 * y.sum()).backward()
+    torch.testing.assert_close(x1.grad, -2.5 * unit)
+
+
+def test_functions_apply_without_a_stats_list():
+    new = torch.randn(8, requires_grad=True)
+    loss = pt.ClippedSurrogateFunction.apply(new, new.detach() + 0.1, torch.randn(8), CLIP, None)
+    assert loss.ndim == 0 and loss.requires_grad
+    stats: list = []
+    vloss = pt.ClippedValueLossFunction.apply(new, new.detach(), torch.randn(8), None, stats)
+    assert vloss.ndim == 0 and stats == [0.0]

@@ -44,6 +44,27 @@ def result_dtype(arrays: Sequence[np.ndarray]) -> np.dtype:
     return dt
 
 
+_BOOL = np.dtype(bool)
+
+
+def kernel_ready(first, values: Sequence, masks: Sequence) -> bool:
+    """True when the arrays need no conversion: ndarrays of one shape, (T,) or (T, N),
+    ``first`` and ``values`` all float32 or all float64, ``masks`` bool. The general
+    path gives the same result for such input, only slower."""
+    if type(first) is not np.ndarray:
+        return False
+    dt, shape = first.dtype, first.shape
+    if not (dt == _F32 or dt == _F64) or len(shape) not in (1, 2):
+        return False
+    for a in values:
+        if type(a) is not np.ndarray or a.dtype != dt or a.shape != shape:
+            return False
+    for m in masks:
+        if type(m) is not np.ndarray or m.dtype != _BOOL or m.shape != shape:
+            return False
+    return True
+
+
 def as_values(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Convert to the result dtype; a view (any strides) when it already is."""
     return a.astype(dtype, copy=False)

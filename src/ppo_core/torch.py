@@ -181,69 +181,82 @@ def next_values_from(
 def _grad_like(grad: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     # The kernel's result dtype may be wider than `like` (e.g. float64
     # advantages with float32 log-probs); autograd needs the input's dtype.
-    return torch.from_numpy(np.asarray(grad)).to(dtype=like.dtype)
+    g = torch.from_numpy(grad)
+    return g if g.dtype == like.dtype else g.to(dtype=like.dtype)
+
+
+def _loss_tensor(value: float, like: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(value, dtype=like.dtype if like.is_floating_point() else grad.dtype)
+
+
+def _scaled(grad_loss: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    # d/dx (c * loss) = c * kernel gradient. The common case, loss.backward() on the
+    # loss itself or on a sum that adds it with weight 1, passes c = 1 exactly: then
+    # the saved gradient is returned as it is, which saves one pass over n elements.
+    # (The engine releases or clones it before any in-place accumulation, so the
+    # saved tensor is never modified.)
+    if grad_loss.numel() == 1 and grad_loss.item() == 1.0:
+        return grad
+    return grad_loss * grad
 
 
 class ClippedSurrogateFunction(torch.autograd.Function):
     """autograd.Function for the clipped surrogate; use :func:`clipped_surrogate_loss`.
 
-    forward returns ``(loss, clip_fraction, approx_kl)`` as 0-d tensors (the last
-    two non-differentiable); backward multiplies the kernel's d loss / d
-    new_log_prob by the incoming gradient.
+    ``apply(new_log_prob, old_log_prob, advantages, clip_coef, stats)`` returns the
+    0-d loss and appends ``(clip_fraction, approx_kl)`` as floats to the list
+    ``stats`` (pass ``None`` to drop them). backward is the kernel's d loss /
+    d new_log_prob times the incoming gradient.
     """
 
     @staticmethod
     def forward(ctx: Any, new_log_prob: torch.Tensor, old_log_prob: torch.Tensor,
-                advantages: torch.Tensor, clip_coef: float) -> Any:
-        res = ppo_core.clipped_surrogate(
+                advantages: torch.Tensor, clip_coef: float, stats: Optional[list] = None) -> Any:
+        loss, grad, clip_fraction, approx_kl = ppo_core.clipped_surrogate(
             _as_numpy("new_log_prob", new_log_prob),
             _as_numpy("old_log_prob", old_log_prob),
             _as_numpy("advantages", advantages),
             clip_coef=clip_coef,
         )
-        grad = _grad_like(res.grad, new_log_prob)
-        ctx.save_for_backward(grad)
-        dtype = new_log_prob.dtype if new_log_prob.is_floating_point() else grad.dtype
-        loss = torch.tensor(res.loss, dtype=dtype)
-        clip_fraction = torch.tensor(res.clip_fraction, dtype=torch.float64)
-        approx_kl = torch.tensor(res.approx_kl, dtype=torch.float64)
-        ctx.mark_non_differentiable(clip_fraction, approx_kl)
-        return loss, clip_fraction, approx_kl
+        grad_t = _grad_like(grad, new_log_prob)
+        ctx.save_for_backward(grad_t)
+        if stats is not None:
+            stats.append((clip_fraction, approx_kl))
+        return _loss_tensor(loss, new_log_prob, grad_t)
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> Any:
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> Any:
         (grad,) = ctx.saved_tensors
-        return grad_loss * grad, None, None, None
+        return _scaled(grad_loss, grad), None, None, None, None
 
 
 class ClippedValueLossFunction(torch.autograd.Function):
     """autograd.Function for the (optionally clipped) value loss; use :func:`clipped_value_loss`.
 
-    forward returns ``(loss, clip_fraction)`` as 0-d tensors (the second
-    non-differentiable); backward multiplies the kernel's d loss / d values by
-    the incoming gradient.
+    ``apply(values, old_values, returns, clip_coef, stats)`` returns the 0-d loss
+    and appends the clip fraction as a float to the list ``stats`` (pass ``None``
+    to drop it). backward is the kernel's d loss / d values times the incoming
+    gradient.
     """
 
     @staticmethod
     def forward(ctx: Any, values: torch.Tensor, old_values: torch.Tensor,
-                returns: torch.Tensor, clip_coef: Optional[float]) -> Any:
+                returns: torch.Tensor, clip_coef: Optional[float], stats: Optional[list] = None) -> Any:
         # ppo_core._clipped_value_loss is the kernel call that also returns the
         # clip fraction mean((v_c - R)^2 > (v - R)^2) (0 without clipping).
-        loss_value, grad_array, frac = ppo_core._clipped_value_loss(
+        loss, grad, clip_fraction = ppo_core._clipped_value_loss(
             _as_numpy("values", values), _as_numpy("old_values", old_values),
             _as_numpy("returns", returns), clip_coef)
-        grad = _grad_like(grad_array, values)
-        ctx.save_for_backward(grad)
-        dtype = values.dtype if values.is_floating_point() else grad.dtype
-        loss = torch.tensor(loss_value, dtype=dtype)
-        clip_fraction = torch.tensor(frac, dtype=torch.float64)
-        ctx.mark_non_differentiable(clip_fraction)
-        return loss, clip_fraction
+        grad_t = _grad_like(grad, values)
+        ctx.save_for_backward(grad_t)
+        if stats is not None:
+            stats.append(clip_fraction)
+        return _loss_tensor(loss, values, grad_t)
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> Any:
+    def backward(ctx: Any, grad_loss: torch.Tensor) -> Any:
         (grad,) = ctx.saved_tensors
-        return grad_loss * grad, None, None, None
+        return _scaled(grad_loss, grad), None, None, None, None
 
 
 def clipped_surrogate_loss(
@@ -264,8 +277,10 @@ def clipped_surrogate_loss(
     ``SurrogateLoss(loss, clip_fraction, approx_kl)``. Raises ``ValueError`` for
     empty input, ε ≤ 0 or non-CPU tensors.
     """
-    loss, frac, kl = ClippedSurrogateFunction.apply(new_log_prob, old_log_prob, advantages, clip_coef)
-    return SurrogateLoss(loss, float(frac), float(kl))
+    stats: list = []
+    loss = ClippedSurrogateFunction.apply(new_log_prob, old_log_prob, advantages, clip_coef, stats)
+    clip_fraction, approx_kl = stats[0]
+    return SurrogateLoss(loss, clip_fraction, approx_kl)
 
 
 def clipped_value_loss(
@@ -282,5 +297,6 @@ def clipped_value_loss(
     ``values`` only and is the kernel's (see :func:`ppo_core.clipped_value_loss`
     for the rule at ties). Returns ``ValueLoss(loss, clip_fraction)``.
     """
-    loss, frac = ClippedValueLossFunction.apply(values, old_values, returns, clip_coef)
-    return ValueLoss(loss, float(frac))
+    stats: list = []
+    loss = ClippedValueLossFunction.apply(values, old_values, returns, clip_coef, stats)
+    return ValueLoss(loss, stats[0])
