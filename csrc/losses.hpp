@@ -63,18 +63,27 @@ PPO_CORE_INLINE double pow2_from_shifted(double t) {
 }
 
 // e^x = 2^k e^r with k = round(x / ln 2), r = x - k ln 2 (|r| <= ln2 / 2 + tiny), e^r by
-// its Taylor series to degree 13 (truncation < 2^-57 relative), summed as 1 + (r + r^2 q)
-// so the last rounding is the only large one. Returns e^r; k + kShifter in t.
+// its Taylor series to degree kDegree, summed as 1 + (r + r^2 q) so the last rounding is
+// the only large one. Truncation: |r|^(d+1) / (d+1)! relative, < 2^-57 for d = 13 (the
+// double exp) and < 2^-32 for d = 8 (the float exp, whose result is rounded to float's
+// 2^-24 once more). Returns e^r; k + kShifter in t.
+template <int kDegree = 13>
 PPO_CORE_INLINE double exp_reduced(double x, double& t) {
+    static_assert(kDegree == 13 || kDegree == 8, "degrees with a stated error bound");
     t = x * kLog2e + kShifter;
     const double kd = t - kShifter;
     const double r = (x - kd * kLn2Hi) - kd * kLn2Lo;
-    double q = 1.0 / 6227020800.0;
-    q = q * r + 1.0 / 479001600.0;
-    q = q * r + 1.0 / 39916800.0;
-    q = q * r + 1.0 / 3628800.0;
-    q = q * r + 1.0 / 362880.0;
-    q = q * r + 1.0 / 40320.0;
+    double q;
+    if constexpr (kDegree == 13) {
+        q = 1.0 / 6227020800.0;
+        q = q * r + 1.0 / 479001600.0;
+        q = q * r + 1.0 / 39916800.0;
+        q = q * r + 1.0 / 3628800.0;
+        q = q * r + 1.0 / 362880.0;
+        q = q * r + 1.0 / 40320.0;
+    } else {
+        q = 1.0 / 40320.0;
+    }
     q = q * r + 1.0 / 5040.0;
     q = q * r + 1.0 / 720.0;
     q = q * r + 1.0 / 120.0;
@@ -104,15 +113,16 @@ PPO_CORE_INLINE double exp_vec(double x) {
     return (p * pow2_from_shifted(t1)) * pow2_from_shifted(t2);
 }
 
-// e^x for float, computed in double and rounded once: within 1 ulp (almost always the
-// correctly rounded float, as glibc's expf); special values as std::exp.
+// e^x for float, computed in double (degree 8, error < 2^-32 before the one rounding to
+// float) and rounded once: within 1 ulp (almost always the correctly rounded float, as
+// glibc's expf); special values as std::exp.
 PPO_CORE_INLINE float exp_vec(float x) {
     // e^89 > FLT_MAX: rounds to inf. e^-104 < 2^-150: rounds to 0.
     constexpr float kHi = 89.0f;
     constexpr float kLo = -104.0f;
     const float xc = x < kLo ? kLo : (x > kHi ? kHi : x);
     double t;
-    const double p = exp_reduced(static_cast<double>(xc), t);
+    const double p = exp_reduced<8>(static_cast<double>(xc), t);
     return static_cast<float>(p * pow2_from_shifted(t));  // |k| <= 151: one exact factor
 }
 
