@@ -64,9 +64,10 @@ PPO_CORE_INLINE double pow2_from_shifted(double t) {
 
 // e^x = 2^k e^r with k = round(x / ln 2), r = x - k ln 2 (|r| <= ln2 / 2 + tiny), e^r by
 // its Taylor series to degree kDegree, summed as 1 + (r + r^2 q) so the last rounding is
-// the only large one. Truncation: |r|^(d+1) / (d+1)! relative, < 2^-57 for d = 13 (the
-// double exp) and < 2^-32 for d = 8 (the float exp, whose result is rounded to float's
-// 2^-24 once more). Returns e^r; k + kShifter in t.
+// the only large one. Truncation relative to e^r: at most |r|^(d+1) / ((d+1)! e^r), worst
+// at r = -ln2/2: < 2^-57 for d = 13 (the double exp) and < 2^-31.5 for d = 8 (the float
+// exp, whose result is then rounded to float, half an ulp = 2^-24). Returns e^r; k +
+// kShifter in t.
 template <int kDegree = 13>
 PPO_CORE_INLINE double exp_reduced(double x, double& t) {
     static_assert(kDegree == 13 || kDegree == 8, "degrees with a stated error bound");
@@ -113,7 +114,7 @@ PPO_CORE_INLINE double exp_vec(double x) {
     return (p * pow2_from_shifted(t1)) * pow2_from_shifted(t2);
 }
 
-// e^x for float, computed in double (degree 8, error < 2^-32 before the one rounding to
+// e^x for float, computed in double (degree 8, error < 2^-31.5 before the one rounding to
 // float) and rounded once: within 1 ulp (almost always the correctly rounded float, as
 // glibc's expf); special values as std::exp.
 PPO_CORE_INLINE float exp_vec(float x) {

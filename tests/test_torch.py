@@ -322,3 +322,53 @@ def test_functions_apply_without_a_stats_list():
     stats: list = []
     vloss = pt.ClippedValueLossFunction.apply(new, new.detach(), torch.randn(8), None, stats)
     assert vloss.ndim == 0 and stats == [0.0]
+
+
+@pytest.mark.parametrize("fn", ["surrogate", "value"])
+def test_gradient_handed_out_cannot_corrupt_a_retained_graph(fn):
+    """Whatever the caller does to a gradient it received (accumulation through a view,
+    an in-place edit of .grad or of autograd.grad's result), the retained graph's next
+    backward gives the kernel gradient again."""
+    g = torch.Generator().manual_seed(5)
+    old, third = torch.randn(32, generator=g), torch.randn(32, generator=g)
+    x = (old + 0.3 * torch.randn(32, generator=g)).requires_grad_()
+
+    def loss_of(y):
+        if fn == "surrogate":
+            return pt.clipped_surrogate_loss(y, old, third, clip_coef=CLIP).loss
+        return pt.clipped_value_loss(y, old, third, clip_coef=CLIP).loss
+
+    unit = torch.autograd.grad(loss_of(x), x)[0]
+    loss = loss_of(x.view(-1))
+    for k in (1, 2, 3):
+        loss.backward(retain_graph=True)
+        torch.testing.assert_close(x.grad, k * unit, rtol=0, atol=0)
+    x.grad.data.zero_()
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(x.grad, unit, rtol=0, atol=0)
+    first = torch.autograd.grad(loss, x, retain_graph=True)[0]
+    first.mul_(0.5)
+    first.numpy()[:] = 0
+    torch.testing.assert_close(torch.autograd.grad(loss, x, retain_graph=True)[0], unit, rtol=0, atol=0)
+
+
+def test_gradient_stays_connected_to_the_incoming_gradient_under_create_graph():
+    """A vector-Jacobian product with create_graph: d(grad)/d(grad_output) is the kernel
+    gradient, so a second derivative with respect to grad_outputs exists."""
+    g = torch.Generator().manual_seed(6)
+    old, adv = torch.randn(16, generator=g, dtype=torch.float64), torch.randn(16, generator=g, dtype=torch.float64)
+    x = (old + 0.3 * torch.randn(16, generator=g, dtype=torch.float64)).requires_grad_()
+    c = torch.ones((), dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(pt.clipped_surrogate_loss(x, old, adv, clip_coef=CLIP).loss, x,
+                                  grad_outputs=c, create_graph=True)
+    (dc,) = torch.autograd.grad(grad.sum(), c)
+    torch.testing.assert_close(dc, grad.detach().sum())
+
+
+def test_integer_inputs_give_a_float_loss():
+    new = torch.tensor([0, 1, 2])
+    res = pt.clipped_surrogate_loss(new, torch.tensor([0, 0, 0]), torch.tensor([1.5, -0.5, 1.0]), clip_coef=CLIP)
+    ref = ppo_core.clipped_surrogate(new.numpy(), np.zeros(3, int), np.array([1.5, -0.5, 1.0]), clip_coef=CLIP)
+    assert res.loss.dtype == torch.float64 and res.loss.item() == ref.loss
+    v = pt.clipped_value_loss(torch.tensor([1, 2]), torch.tensor([1, 1]), torch.tensor([0, 0]))
+    assert v.loss.dtype == torch.float64 and v.loss.item() == 1.25

@@ -185,18 +185,20 @@ def _grad_like(grad: np.ndarray, like: torch.Tensor) -> torch.Tensor:
     return g if g.dtype == like.dtype else g.to(dtype=like.dtype)
 
 
-def _loss_tensor(value: float, like: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(value, dtype=like.dtype if like.is_floating_point() else grad.dtype)
+def _loss_tensor(value: float, like: torch.Tensor, kernel_grad: np.ndarray) -> torch.Tensor:
+    # The input's float dtype; for integer input (which cannot carry a gradient) the
+    # kernel's result dtype, so the loss is not truncated to an integer.
+    if like.is_floating_point():
+        return torch.tensor(value, dtype=like.dtype)
+    return torch.tensor(value, dtype=torch.float64 if kernel_grad.dtype == np.float64 else torch.float32)
 
 
 def _scaled(grad_loss: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    # d/dx (c * loss) = c * kernel gradient. The common case, loss.backward() on the
-    # loss itself or on a sum that adds it with weight 1, passes c = 1 exactly: then
-    # the saved gradient is returned as it is, which saves one pass over n elements.
-    # (The engine releases or clones it before any in-place accumulation, so the
-    # saved tensor is never modified.)
-    if grad_loss.numel() == 1 and grad_loss.item() == 1.0:
-        return grad
+    # d/dx (c * loss) = c * kernel gradient, always as a new tensor. Returning the saved
+    # gradient itself when c == 1 would save a pass over n elements, but the caller
+    # could then receive it (as x.grad through a view, or from autograd.grad) and
+    # change it in place, corrupting a retained graph's next backward; and under
+    # create_graph the result must stay connected to c.
     return grad_loss * grad
 
 
@@ -222,7 +224,7 @@ class ClippedSurrogateFunction(torch.autograd.Function):
         ctx.save_for_backward(grad_t)
         if stats is not None:
             stats.append((clip_fraction, approx_kl))
-        return _loss_tensor(loss, new_log_prob, grad_t)
+        return _loss_tensor(loss, new_log_prob, grad)
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor) -> Any:
@@ -251,7 +253,7 @@ class ClippedValueLossFunction(torch.autograd.Function):
         ctx.save_for_backward(grad_t)
         if stats is not None:
             stats.append(clip_fraction)
-        return _loss_tensor(loss, values, grad_t)
+        return _loss_tensor(loss, values, grad)
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor) -> Any:
