@@ -286,18 +286,24 @@ def test_gradcheck_clipped_value_loss(seed, clip):
                                     (v,), eps=1e-6, atol=1e-7)
 
 
+def _loss_on(fn, x, old, third):
+    """The kernel loss `fn` ("surrogate" or "value") of x, with clip_coef CLIP."""
+    if fn == "surrogate":
+        return pt.clipped_surrogate_loss(x, old, third, clip_coef=CLIP).loss
+    return pt.clipped_value_loss(x, old, third, clip_coef=CLIP).loss
+
+
 @pytest.mark.parametrize("fn", ["surrogate", "value"])
-def test_backward_scales_by_the_incoming_gradient_and_keeps_the_saved_one(fn):
-    """backward returns the kernel gradient itself when the incoming gradient is 1 (no
-    multiply); a weighted loss, a retained graph and a second backward stay exact."""
+def test_backward_scales_by_the_incoming_gradient(fn):
+    """backward is the incoming gradient times the kernel gradient: exact for the usual
+    1, for a weighted loss through a non-leaf, and over a retained graph's repeated
+    backward calls."""
     g = torch.Generator().manual_seed(3)
     old, third = torch.randn(32, generator=g), torch.randn(32, generator=g)
     x0 = (old + 0.3 * torch.randn(32, generator=g)).requires_grad_()
 
-    def loss_of(x):
-        if fn == "surrogate":
-            return pt.clipped_surrogate_loss(x, old, third, clip_coef=CLIP).loss
-        return pt.clipped_value_loss(x, old, third, clip_coef=CLIP).loss
+    def loss_of(y):
+        return _loss_on(fn, y, old, third)
 
     loss_of(x0).backward()
     unit = x0.grad.clone()
@@ -334,9 +340,7 @@ def test_gradient_handed_out_cannot_corrupt_a_retained_graph(fn):
     x = (old + 0.3 * torch.randn(32, generator=g)).requires_grad_()
 
     def loss_of(y):
-        if fn == "surrogate":
-            return pt.clipped_surrogate_loss(y, old, third, clip_coef=CLIP).loss
-        return pt.clipped_value_loss(y, old, third, clip_coef=CLIP).loss
+        return _loss_on(fn, y, old, third)
 
     unit = torch.autograd.grad(loss_of(x), x)[0]
     loss = loss_of(x.view(-1))
