@@ -335,37 +335,26 @@ class _Run:
         third = torch.randn(n, generator=g, dtype=tdtype)  # advantages / returns
         new = (old + 0.3 * torch.randn(n, generator=g, dtype=tdtype)).requires_grad_()
 
-        if kernel == "clipped_surrogate":
-            def core() -> Any:
-                new.grad = None
-                res = pt.clipped_surrogate_loss(new, old, third, clip_coef=CLIP)
-                res.loss.backward()
-                return res.loss
+        surrogate = kernel == "clipped_surrogate"
+        ours = pt.clipped_surrogate_loss if surrogate else pt.clipped_value_loss
+        expr = B.cleanrl_surrogate if surrogate else B.cleanrl_value_loss
 
-            def baseline(fn: Callable[..., Any]) -> Callable[[], Any]:
-                def call() -> float:
-                    new.grad = None
-                    loss, approx_kl, clipfrac = fn(new, old, third, CLIP)
+        def core() -> Any:
+            new.grad = None
+            res = ours(new, old, third, clip_coef=CLIP)
+            res.loss.backward()
+            return res.loss
+
+        def baseline(fn: Callable[..., Any]) -> Callable[[], Any]:
+            def call() -> float:
+                new.grad = None
+                out = fn(new, old, third, CLIP)
+                if surrogate:
+                    out, approx_kl, clipfrac = out
                     approx_kl.item(), clipfrac.item()  # CleanRL logs both every minibatch
-                    loss.backward()
-                    return loss
-                return call
-            expr = B.cleanrl_surrogate
-        else:
-            def core() -> Any:
-                new.grad = None
-                res = pt.clipped_value_loss(new, old, third, clip_coef=CLIP)
-                res.loss.backward()
-                return res.loss
-
-            def baseline(fn: Callable[..., Any]) -> Callable[[], Any]:
-                def call() -> float:
-                    new.grad = None
-                    loss = fn(new, old, third, CLIP)
-                    loss.backward()
-                    return loss
-                return call
-            expr = B.cleanrl_value_loss
+                out.backward()
+                return out
+            return call
 
         def checked(fn: Callable[[], Any]) -> None:
             loss = float(fn().detach())
