@@ -259,3 +259,18 @@ def test_episode_metrics_and_summary():
     assert s["route_completion"] == pytest.approx(0.535)
     assert s["mean_return"] == pytest.approx(59.25) and s["std_return"] == pytest.approx(64.25)
     assert s["mean_length"] == 210 and s["episodes"] == 2
+    from ppo_core.stats import wilson_interval
+
+    assert s["success_rate_ci"] == list(wilson_interval(1, 2)) == s["crash_rate_ci"]
+
+
+def test_traffic_density_range_draws_a_density_per_reset(make_env):
+    env = make_env(SMALL.replace(traffic_density_range=[0.05, 0.3], horizon=5))
+    densities = []
+    for seed in (0, None, None, None):
+        env.reset(seed=seed)
+        densities.append(env.metadrive_env.engine.global_config["traffic_density"])
+        assert env.metadrive_env.engine.traffic_manager.density == densities[-1]
+    assert all(0.05 <= d <= 0.3 for d in densities) and len(set(densities)) == 4
+    with pytest.raises(ValueError, match="traffic_density_range"):
+        md.MetaDriveConfig(traffic_density_range=[0.3, 0.1])

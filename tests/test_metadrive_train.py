@@ -124,22 +124,44 @@ def test_metadrive_training_and_eval_smoke(offline, capsys, tmp_path):
     for key in ("eval_success_rate", "eval_route_completion", "eval_mean_return"):
         assert np.isfinite(float(rows[-1][key]))
     assert float(rows[-1]["env_seconds"]) > 0
+    # Outcomes of the training episodes and the policy's action std, per update.
+    ended = [r for r in rows if int(r["episodes"]) > 0]
+    assert ended, "no training episode ended in 384 steps with horizon 40"
+    for r in ended:
+        for key in ("train_success_rate", "train_crash_rate", "train_out_of_road_rate", "train_route_completion"):
+            assert 0.0 <= float(r[key]) <= 1.0
+    assert all(0 < float(r["action_std"]) < 2 for r in rows)
+    assert rows[-1]["eval_episodes"] == "2"
+    low, high = float(rows[-1]["eval_success_rate_low"]), float(rows[-1]["eval_success_rate_high"])
+    assert 0.0 <= low <= float(rows[-1]["eval_success_rate"]) <= high <= 1.0
     assert (run / "learning_curve.png").stat().st_size > 0
     saved = T.load_config(run / "config.toml")
     assert saved.env_kwargs == {"num_scenarios": 5, "start_seed": 0, "traffic_density": 0.1, "horizon": 40}
 
-    # Eval on unseen scenarios; --env omitted (read from the run), horizon overridden.
+    # Eval on unseen scenarios; --env omitted (read from the run), horizon and traffic
+    # overridden on the command line (they win over the run's training settings).
     gif = tmp_path / "episode.gif"
+    episodes_out = tmp_path / "episodes.jsonl"
     code, out, err = _run(capsys, "eval", run, "--episodes", 2, "--start-seed", 20000, "--horizon", 30,
-                          "--workers", 2, "--json", "--gif", gif)
+                          "--traffic-density", 0.2, "--workers", 2, "--json", "--gif", gif,
+                          "--episodes-out", episodes_out)
     assert code == 0, err
     result = json.loads(out)
     assert set(md.METRIC_KEYS) <= set(result)
     assert result["episodes"] == 2 and result["start_seed"] == 20000 and result["num_scenarios"] == 2
-    assert result["horizon"] == 30 and result["traffic_density"] == 0.1
+    assert result["horizon"] == 30 and result["traffic_density"] == 0.2
     assert 0 < result["mean_length"] <= 30
     for key in ("success_rate", "crash_rate", "out_of_road_rate", "route_completion"):
         assert 0.0 <= result[key] <= 1.0
+    for rate in ("success_rate", "crash_rate", "out_of_road_rate"):
+        low, high = result[f"{rate}_ci"]
+        assert 0.0 <= low <= result[rate] <= high <= 1.0 and high - low > 0.3  # 2 episodes: a wide interval
+    lines = [json.loads(line) for line in episodes_out.read_text().splitlines()]
+    assert [e["scenario"] for e in lines] == [20000, 20001]
+    assert all(set(e) == {"scenario", "success", "crash", "out_of_road", "route_completion", "return", "length"}
+               for e in lines)
+    assert np.mean([e["success"] for e in lines]) == result["success_rate"]
+    assert np.mean([e["length"] for e in lines]) == result["mean_length"]
     assert gif.stat().st_size > 1000 and result["gif"]["scenario"] == 20000
 
     code, _, err = _run(capsys, "eval", run, "--env", "CartPole-v1", "--episodes", 1)

@@ -553,3 +553,74 @@ def test_cartpole_short_training_beats_random(tmp_path):
     T.train(cfg, tmp_path / "run")
     result = T.evaluate(T.load_policy(tmp_path / "run"), episodes=10, seed=123)
     assert result["mean_return"] > 150, result
+
+
+# -- losses with state, state-dependent std, logged action std ----------------------
+
+
+def test_adaptive_kl_penalty_adds_the_kl_term_and_adapts_its_coefficient():
+    penalty = T.AdaptiveKLPenalty(kl_coef=0.2, kl_target=0.01)
+    new = torch.tensor([0.1, -0.3, 0.2, 0.0], dtype=torch.float64, requires_grad=True)
+    old = torch.tensor([0.0, 0.0, 0.0, 0.1], dtype=torch.float64)
+    adv = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64)
+    got = penalty(new, old, adv, clip_coef=0.2)
+    ratio = (new - old).exp()
+    surrogate = -torch.min(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean()
+    kl = ((ratio - 1) - (new - old)).mean()
+    torch.testing.assert_close(got.loss, surrogate + 0.2 * kl)
+    got.loss.backward()
+    new2 = new.detach().clone().requires_grad_(True)
+    r2 = (new2 - old).exp()
+    ref = -torch.min(r2 * adv, r2.clamp(0.8, 1.2) * adv).mean() + 0.2 * ((r2 - 1) - (new2 - old)).mean()
+    ref.backward()
+    torch.testing.assert_close(new.grad, new2.grad)
+    # RLlib's rule: x1.5 above 2 x target, x0.5 below target / 2, unchanged between.
+    assert penalty.after_update(0.05) == {"kl_coef": 0.2} and penalty.kl_coef == pytest.approx(0.3)
+    penalty.after_update(0.01)
+    assert penalty.kl_coef == pytest.approx(0.3)
+    penalty.after_update(0.001)
+    assert penalty.kl_coef == pytest.approx(0.15)
+    restored = T.AdaptiveKLPenalty()
+    restored.load_state_dict(penalty.state_dict())
+    assert restored.kl_coef == pytest.approx(0.15) and restored.kl_target == 0.01
+
+
+def test_kl_penalty_loss_by_name_logs_and_resumes_its_coefficient(tmp_path):
+    cfg = _small(env_id="Pendulum-v1", policy_loss="kl_penalty", kl_coef=0.5, kl_target=1e-6, total_steps=128)
+    T.train(cfg, tmp_path / "run")
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    coefs = [float(r["kl_coef"]) for r in rows]
+    assert coefs[0] == 0.5 and coefs[1] == pytest.approx(0.75)  # any real update exceeds 2e-6
+    trainer = T.Trainer.resume(tmp_path / "run", total_steps=192)
+    assert trainer.policy_loss.kl_coef == pytest.approx(0.5 * 1.5 ** 2)
+    trainer.close()
+    with pytest.raises(T.ConfigError, match="kl_target"):
+        _small(policy_loss="kl_penalty", kl_target=0.0)
+
+
+def test_state_dependent_std_varies_with_the_state_and_starts_at_init_log_std(tmp_path):
+    cfg = _small(env_id="Pendulum-v1", state_dependent_std=True, init_log_std=-0.5, total_steps=128)
+    trainer = T.Trainer(cfg, tmp_path / "run")
+    assert not hasattr(trainer.policy, "log_std")
+    obs = torch.randn(64, 3)
+    with torch.no_grad():
+        std0 = trainer.policy(obs)[0].base_dist.stddev
+    np.testing.assert_allclose(std0.log().numpy(), -0.5, atol=0.05)  # small head weights
+    trainer.train()
+    with torch.no_grad():
+        std1 = trainer.policy(obs)[0].base_dist.stddev
+    assert float(std1.std()) > 0  # not one std for every state
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert all(0.3 < float(r["action_std"]) < 1.0 for r in rows)
+    policy = T.load_policy(tmp_path / "run")
+    assert policy.act(np.zeros((2, 3), np.float32)).shape == (2, 1)
+
+
+def test_action_std_column_is_the_policy_std_and_empty_for_discrete_actions(tmp_path):
+    T.train(_small(env_id="Pendulum-v1", init_log_std=-1.0, update_epochs=1, num_minibatches=1,
+                   learning_rate=0.0), tmp_path / "pendulum")
+    (row,) = read_metrics(tmp_path / "pendulum" / "metrics.csv")
+    assert float(row["action_std"]) == pytest.approx(math.exp(-1.0))
+    T.train(_small(), tmp_path / "cartpole")
+    assert {r["action_std"] for r in read_metrics(tmp_path / "cartpole" / "metrics.csv")} == {""}
+    assert {r["train_success_rate"] for r in read_metrics(tmp_path / "cartpole" / "metrics.csv")} == {""}

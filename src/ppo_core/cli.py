@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--env", metavar="ENV_ID", help="environment (default: the run's)")
     e.add_argument("--episodes", type=_positive_int, default=10, metavar="N", help="episodes (default 10)")
     e.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
-                   help="environment seed, gymnasium envs (default 0)")
+                   help="environment seed of gymnasium envs, and torch's seed for --stochastic (default 0)")
     e.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean / arg-max")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     _add_metadrive_options(e, scenario_help="size of the evaluation range (default: N, each scenario once)",
@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gif", metavar="PATH", help="MetaDrive: also write a top-down GIF of scenario S")
     e.add_argument("--workers", type=_positive_int, metavar="W",
                    help="MetaDrive: evaluation worker processes (default: one per core)")
+    e.add_argument("--episodes-out", metavar="FILE",
+                   help="MetaDrive: write one JSON line per episode (scenario, success, crash, out_of_road, "
+                        "route_completion, return, length) to FILE")
 
     v = sub.add_parser("verify", help="check the installed kernels against the NumPy spec",
                        description="Run ppo_core.verify (Hypothesis) against the installed build.")
@@ -310,8 +313,15 @@ def _eval(args: argparse.Namespace) -> int:
     from ppo_core import train as T
 
     policy = T.load_policy(args.run_dir)
+    # As in training: torch's own default pool (one thread per core) competes with the
+    # simulator workers for the same cores and makes evaluation slower, not faster.
+    import torch
+
+    torch.set_num_threads(policy.config.torch_threads)
+    torch.manual_seed(args.seed)  # the action samples of --stochastic
     env_id = args.env or policy.config.env_id
-    md_only = {**_metadrive_flags(args), **{k: v for k, v in (("gif", args.gif), ("workers", args.workers))
+    md_only = {**_metadrive_flags(args), **{k: v for k, v in (("gif", args.gif), ("workers", args.workers),
+                                                              ("episodes_out", args.episodes_out))
                                             if v is not None}}
     if _is_metadrive(env_id):
         return _eval_metadrive(args, policy, env_id)
@@ -355,7 +365,10 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
     _setup_logging()
     # Options not given follow the run's env_kwargs, except the scenario range, which
     # defaults to unseen scenarios: S = 10000, K = N (each scenario once).
-    kwargs = {k: v for k, v in policy.config.env_kwargs.items() if k not in ("start_seed", "num_scenarios")}
+    # Training-only randomization (traffic_density_range) is dropped: evaluation runs at
+    # a fixed density, the run's traffic_density unless --traffic-density says otherwise.
+    kwargs = {k: v for k, v in policy.config.env_kwargs.items()
+              if k not in ("start_seed", "num_scenarios", "traffic_density_range")}
     kwargs.update(_metadrive_flags(args, ("traffic_density", "horizon")))
     n = args.episodes
     start = md.EVAL_START_SEED if args.start_seed is None else args.start_seed
@@ -369,9 +382,14 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
     def act(obs: Any) -> Any:
         return policy.act(obs, deterministic=deterministic)
 
+    if args.episodes_out:
+        _check_writable(args.episodes_out, "--episodes-out")
     t0 = time.monotonic()
     result: Dict[str, Any] = md.evaluate_policy(act, base, episodes=n, start_seed=start, num_scenarios=k,
-                                                num_workers=args.workers)
+                                                num_workers=args.workers, return_episodes=True)
+    per_episode = result.pop("per_episode")
+    if args.episodes_out:
+        _write_jsonl(args.episodes_out, [{key: e[key] for key in md.EPISODE_KEYS} for e in per_episode])
     result.update(env_id=env_id, step=policy.step, deterministic=deterministic, start_seed=start,
                   num_scenarios=k, traffic_density=base.traffic_density, horizon=base.horizon,
                   seconds=round(time.monotonic() - t0, 2))
@@ -385,13 +403,37 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
         print(f"{env_id} at step {policy.step}: {result['episodes']} episodes on scenarios "
               f"{start}..{start + k - 1} ({'deterministic' if deterministic else 'stochastic'} policy, "
               f"{result['seconds']:.0f} s)")
-        print(f"  success {result['success_rate']:.3f}  crash {result['crash_rate']:.3f}  "
-              f"out of road {result['out_of_road_rate']:.3f}  route completion {result['route_completion']:.3f}")
+        for rate in md.RATE_FLAGS:
+            low, high = result[f"{rate}_ci"]
+            print(f"  {rate.replace('_rate', '').replace('_', ' '):12} {result[rate]:.3f}  "
+                  f"(95% interval {low:.3f}-{high:.3f})")
+        print(f"  route completion {result['route_completion']:.3f}")
         print(f"  return {result['mean_return']:.2f} ± {result['std_return']:.2f}  "
               f"mean length {result['mean_length']:.1f}")
         if args.gif:
             print(f"  GIF of scenario {start}: {args.gif}")
     return 0
+
+
+def _check_writable(path: str, flag: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} {path}: is a directory", code=1)
+    if not os.path.isdir(parent):
+        raise CLIError(f"{flag} {path}: folder {parent} does not exist", code=1)
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"{flag} {path}: folder {parent} is not writable", code=1)
+
+
+def _write_jsonl(path: str, records: List[Dict[str, Any]]) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CLIError(f"cannot write {path}: {e.strerror or e}", code=1) from None
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -44,9 +44,15 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import gymnasium as gym
 import numpy as np
 
+from ppo_core.stats import wilson_interval
+
 __all__ = [
     "ALLOW_DOWNLOAD_ENV",
     "EVAL_START_SEED",
+    "VALIDATION_START_SEED",
+    "TEST_START_SEED",
+    "EPISODE_KEYS",
+    "RATE_FLAGS",
     "MetaDriveConfig",
     "MetaDriveGymEnv",
     "ParallelEvaluator",
@@ -68,10 +74,21 @@ logger = logging.getLogger(__name__)
 #: normally would (only useful for 3D rendering; never needed for training).
 ALLOW_DOWNLOAD_ENV = "PPO_CORE_METADRIVE_ALLOW_ASSET_DOWNLOAD"
 
-#: First scenario of the default held-out evaluation range. Far outside any training
-#: range starting at 0 with fewer than 10 000 scenarios. (MetaDrive's own generalization
-#: example does the reverse: trains on seeds 5000.. and evaluates on 0..199.)
-EVAL_START_SEED = 10_000
+#: The project's three disjoint scenario ranges (documented in docs/metadrive-study.md).
+#: Scenarios from 50 000 on are left to checks by others. Training uses
+#: ``[0, num_scenarios)`` (the preset: 0-99; at most 0-9 999); validation, for every
+#: choice (periodic evaluation, hyper-parameters, checkpoints, variants), starts at
+#: :data:`VALIDATION_START_SEED`; the test range, evaluated once per final policy for
+#: the reported number, starts at :data:`TEST_START_SEED`.
+TRAIN_SCENARIO_LIMIT = 10_000
+VALIDATION_START_SEED = 10_000
+TEST_START_SEED = 20_000
+RESERVED_START_SEED = 50_000
+
+#: First scenario of the default held-out evaluation range: the validation range.
+#: (MetaDrive's own generalization example does the reverse: trains on seeds 5000..
+#: and evaluates on 0..199.)
+EVAL_START_SEED = VALIDATION_START_SEED
 
 ActFn = Callable[[np.ndarray], np.ndarray]
 
@@ -203,6 +220,10 @@ class MetaDriveConfig:
         preload_maps: Generate every map of the range when the engine starts
             (implies ``store_map``; slow start for large ranges).
         log_level: Level of MetaDrive's own logger ("MetaDrive").
+        traffic_density_range: ``[low, high]``: every reset draws the episode's traffic
+            density uniformly from this range (from the env's seeded generator) instead
+            of using ``traffic_density``. A training option: evaluation always runs at
+            the fixed ``traffic_density``.
         overrides: Extra raw MetaDrive config entries, applied last.
     """
 
@@ -215,9 +236,17 @@ class MetaDriveConfig:
     store_map: bool = True
     preload_maps: bool = False
     log_level: int = logging.WARNING
+    traffic_density_range: Optional[List[float]] = None
     overrides: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.traffic_density_range is not None:
+            r = self.traffic_density_range
+            if (not isinstance(r, (list, tuple)) or len(r) != 2
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in r)
+                    or not 0.0 <= r[0] <= r[1] <= 1.0):
+                raise ValueError(f"traffic_density_range must be [low, high] with 0 <= low <= high <= 1, got {r!r}")
+            self.traffic_density_range = [float(r[0]), float(r[1])]
         if self.num_scenarios < 1:
             raise ValueError(f"num_scenarios must be >= 1, got {self.num_scenarios}")
         if self.start_seed < 0:
@@ -374,6 +403,10 @@ class MetaDriveGymEnv(gym.Env):
             scenario = cfg.start_seed + int(self.np_random.integers(cfg.num_scenarios))
         if cfg.preload_maps and not self._maps_preloaded:
             self._preload_maps()
+        if cfg.traffic_density_range is not None:
+            # MetaDrive's traffic manager reads the density from the engine's global config
+            # (this env's config object) at every reset.
+            self._env.config["traffic_density"] = float(self.np_random.uniform(*cfg.traffic_density_range))
         obs, info = self._env.reset(seed=scenario)
         self.current_scenario = scenario
         return np.asarray(obs, dtype=np.float32), info
@@ -493,7 +526,16 @@ METRIC_KEYS = (
     "std_return",
     "mean_length",
     "episodes",
+    "success_rate_ci",
+    "crash_rate_ci",
+    "out_of_road_rate_ci",
 )
+
+#: Each rate of an evaluation summary and the per-episode flag it counts.
+RATE_FLAGS = {"success_rate": "success", "crash_rate": "crash", "out_of_road_rate": "out_of_road"}
+
+#: The keys of one line of ``ppo-core eval --episodes-out`` (one evaluated episode).
+EPISODE_KEYS = ("scenario", "success", "crash", "out_of_road", "route_completion", "return", "length")
 
 
 def episode_metrics(info: Mapping[str, Any], ep_return: float, ep_len: int) -> Dict[str, Any]:
@@ -526,7 +568,8 @@ def summarize_episodes(episodes: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
 
     Keys: ``success_rate``, ``crash_rate``, ``out_of_road_rate`` (fractions in [0, 1]),
     ``route_completion`` (mean), ``mean_return``, ``std_return`` (population std),
-    ``mean_length``, ``episodes`` (count).
+    ``mean_length``, ``episodes`` (count), and for each rate a 95% Wilson interval
+    ``<rate>_ci`` = ``[low, high]`` (:func:`ppo_core.stats.wilson_interval`).
     """
     n = len(episodes)
     if n == 0:
@@ -536,7 +579,7 @@ def summarize_episodes(episodes: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         return float(np.mean([float(e[key]) for e in episodes]))
 
     returns = np.array([e["return"] for e in episodes], dtype=np.float64)
-    return {
+    summary: Dict[str, Any] = {
         "success_rate": mean("success"),
         "crash_rate": mean("crash"),
         "out_of_road_rate": mean("out_of_road"),
@@ -546,6 +589,10 @@ def summarize_episodes(episodes: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "mean_length": mean("length"),
         "episodes": n,
     }
+    for rate, flag in RATE_FLAGS.items():
+        low, high = wilson_interval(sum(bool(e[flag]) for e in episodes), n)
+        summary[f"{rate}_ci"] = [low, high]
+    return summary
 
 
 # --------------------------------------------------------------------------------------
@@ -753,8 +800,10 @@ def evaluate_policy(
     num_scenarios: int = 100,
     num_workers: Optional[int] = None,
     context: str = "spawn",
+    *,
+    return_episodes: bool = False,
 ) -> Dict[str, Any]:
-    """Evaluate a deterministic batched policy on scenarios ``S, S+1, ...`` in parallel.
+    """Evaluate a batched policy on scenarios ``S, S+1, ...`` in parallel.
 
     Episode ``i`` runs scenario ``start_seed + i % num_scenarios``: with
     ``episodes == num_scenarios`` each scenario runs exactly once.
@@ -768,9 +817,12 @@ def evaluate_policy(
         num_scenarios: Size of the evaluation range.
         num_workers: Worker processes (default ``min(os.cpu_count(), episodes)``).
         context: multiprocessing start method.
+        return_episodes: Also return each episode's :func:`episode_metrics`, in
+            scenario order, as ``per_episode``.
 
     Returns:
-        ``success_rate``, ``crash_rate``, ``out_of_road_rate``, ``route_completion``,
+        :func:`summarize_episodes` of the episodes: ``success_rate``, ``crash_rate``,
+        ``out_of_road_rate`` (each with its ``<rate>_ci``), ``route_completion``,
         ``mean_return``, ``std_return``, ``mean_length``, ``episodes``.
     """
     base = config if config is not None else MetaDriveConfig()
@@ -780,8 +832,13 @@ def evaluate_policy(
                        store_map=base.store_map and episodes > num_scenarios)
     workers = num_workers if num_workers is not None else (os.cpu_count() or 1)
     workers = max(1, min(workers, episodes))
+    scenarios = [scenario_for_seed(start_seed + i, start_seed, num_scenarios) for i in range(episodes)]
     with ParallelEvaluator(cfg, workers, context=context) as ev:
-        return ev.evaluate(act_fn, episodes=episodes)
+        per_episode = ev.run_episodes(act_fn, scenarios)
+    result = summarize_episodes(per_episode)
+    if return_episodes:
+        result["per_episode"] = per_episode
+    return result
 
 
 def write_topdown_gif(

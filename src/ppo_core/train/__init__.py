@@ -11,7 +11,8 @@ from .config import PPOConfig, load_config, preset, read_config_file, save_confi
 from .envs import make_vector_env
 from .errors import ConfigError, EnvWorkerError, RunDirError, TrainError
 from .estimators import ESTIMATORS, AdvantageEstimator, gae, returns_minus_baseline, reward_to_go
-from .losses import POLICY_LOSSES, PolicyLoss, SurrogateLoss, clipped_surrogate, policy_gradient
+from .losses import (POLICY_LOSSES, STATEFUL_POLICY_LOSSES, AdaptiveKLPenalty, PolicyLoss, SurrogateLoss,
+                     clipped_surrogate, policy_gradient)
 from .policies import ActorCritic, MLPActorCritic, PolicyFactory, make_mlp_policy
 from .rollout import Rollout, RolloutCollector
 from .trainer import Trainer, train
@@ -23,6 +24,7 @@ __all__ = [
     "make_vector_env",
     "AdvantageEstimator", "gae", "returns_minus_baseline", "reward_to_go", "ESTIMATORS",
     "PolicyLoss", "SurrogateLoss", "clipped_surrogate", "policy_gradient", "POLICY_LOSSES",
+    "AdaptiveKLPenalty", "STATEFUL_POLICY_LOSSES",
     "ActorCritic", "MLPActorCritic", "PolicyFactory", "make_mlp_policy",
     "Rollout", "RolloutCollector",
     "TrainError", "ConfigError", "RunDirError", "EnvWorkerError", "preset",

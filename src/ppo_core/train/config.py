@@ -115,11 +115,23 @@ class PPOConfig:
     init_log_std: float = 0.0
     """Initial log standard deviation of the Gaussian policy (Box actions)."""
 
+    state_dependent_std: bool = False
+    """Gaussian policy: the actor outputs the log-std per state (a second head, clamped to
+    [-5, 1]) instead of one free log-std parameter per action dimension."""
+
     advantage_estimator: str = "gae"
     """``gae``, ``returns_minus_baseline`` or ``reward_to_go`` (or pass your own to the Trainer)."""
 
     policy_loss: str = "clipped_surrogate"
-    """``clipped_surrogate`` or ``policy_gradient`` (unclipped; or pass your own to the Trainer)."""
+    """``clipped_surrogate``, ``policy_gradient`` (unclipped) or ``kl_penalty`` (the clipped
+    surrogate plus RLlib's adaptive KL penalty; see ``kl_coef``, ``kl_target``); or pass your
+    own to the Trainer."""
+
+    kl_coef: float = 0.2
+    """``policy_loss = "kl_penalty"``: the KL penalty's starting coefficient (adapted after every update)."""
+
+    kl_target: float = 0.01
+    """``policy_loss = "kl_penalty"``: the KL per update that the coefficient's adaptation aims at."""
 
     torch_threads: int = 1
     """Threads of torch's intra-op pool; 1 suits small MLPs on a 2-core machine and leaves a core to the envs."""
@@ -180,14 +192,14 @@ class PPOConfig:
                 raise ConfigError(
                     f"config key {f.name!r}: expected {type(default).__name__}, got {value!r}"
                 )
-        positive = ["eval_episodes", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads",
+        positive = ["kl_target", "eval_episodes", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads",
                     "checkpoint_every", "keep_checkpoints", "clip_coef", "obs_clip", "reward_clip"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config key {name!r} must be > 0, got {getattr(self, name)!r}")
         non_negative = ["total_steps", "eval_every_steps", "eval_start_seed", "eval_workers",
                         "max_env_restarts", "learning_rate", "vf_clip_coef", "ent_coef", "vf_coef",
-                        "max_grad_norm", "target_kl", "adam_eps"]
+                        "max_grad_norm", "target_kl", "adam_eps", "kl_coef"]
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(self, name)!r}")

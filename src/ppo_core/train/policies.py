@@ -62,10 +62,15 @@ def _mlp(in_dim: int, hidden: Sequence[int], activation: str) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+#: Bounds of a state-dependent log-std (std from about 0.0067 to 2.7).
+LOG_STD_RANGE = (-5.0, 1.0)
+
+
 class MLPActorCritic(nn.Module):
     """MLP actor-critic: Categorical for ``Discrete`` actions, diagonal Gaussian for ``Box``.
 
-    The Gaussian has a state-independent log-std parameter; its samples are
+    The Gaussian has a state-independent log-std parameter (or, with
+    ``state_dependent_std``, a second head that outputs the log-std per state); its samples are
     unbounded (clip them only when sending them to the env, see
     :func:`env_action`) so log-probs are those of the sampled action.
     ``shared=True`` puts one trunk under both heads. Hidden layers use
@@ -73,7 +78,8 @@ class MLPActorCritic(nn.Module):
     """
 
     def __init__(self, obs_dim: int, action_space: gymnasium.Space, hidden_sizes: Sequence[int] = (64, 64),
-                 activation: str = "tanh", shared: bool = False, init_log_std: float = 0.0) -> None:
+                 activation: str = "tanh", shared: bool = False, init_log_std: float = 0.0,
+                 state_dependent_std: bool = False) -> None:
         super().__init__()
         if isinstance(action_space, gymnasium.spaces.Discrete):
             self.discrete = True
@@ -93,9 +99,16 @@ class MLPActorCritic(nn.Module):
             self.critic_body = _mlp(obs_dim, hidden_sizes, activation)
         self.actor_head = _layer(width, out_dim, 0.01)
         self.critic_head = _layer(width, 1, 1.0)
+        self.state_dependent_std = bool(state_dependent_std) and not self.discrete
         if not self.discrete:
-            self.log_std = nn.Parameter(torch.full((out_dim,), float(init_log_std)))
             self.action_shape = tuple(action_space.shape)
+            if self.state_dependent_std:
+                # A second actor head: log-std per state, starting at init_log_std everywhere
+                # (small weights, bias init_log_std), clamped to LOG_STD_RANGE.
+                self.log_std_head = _layer(width, out_dim, 0.01)
+                nn.init.constant_(self.log_std_head.bias, float(init_log_std))
+            else:
+                self.log_std = nn.Parameter(torch.full((out_dim,), float(init_log_std)))
 
     def forward(self, obs: torch.Tensor) -> Tuple[Distribution, torch.Tensor]:
         x = self.flatten(obs)
@@ -108,7 +121,11 @@ class MLPActorCritic(nn.Module):
         if self.discrete:
             return Categorical(logits=out), value
         mean = out.reshape(-1, *self.action_shape)
-        std = self.log_std.exp().reshape(self.action_shape).expand_as(mean)
+        if self.state_dependent_std:
+            log_std = self.log_std_head(h_actor).clamp(*LOG_STD_RANGE)
+            std = log_std.exp().reshape_as(mean)
+        else:
+            std = self.log_std.exp().reshape(self.action_shape).expand_as(mean)
         return Independent(Normal(mean, std), len(self.action_shape)), value
 
 
@@ -123,6 +140,7 @@ def make_mlp_policy(observation_space: gymnasium.Space, action_space: gymnasium.
         activation=config.activation,
         shared=config.shared_network,
         init_log_std=config.init_log_std,
+        state_dependent_std=config.state_dependent_std,
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import gymnasium
 import numpy as np
@@ -24,7 +24,7 @@ from ppo_core import torch as ppo_torch
 from .normalize import ObsNormalizer, RewardScaler
 from .policies import env_action
 
-__all__ = ["Rollout", "RolloutCollector"]
+__all__ = ["Rollout", "RolloutCollector", "final_info_of"]
 
 
 @dataclass
@@ -47,6 +47,21 @@ class Rollout:
     episode_returns: List[float] = field(default_factory=list)
     """Raw (unscaled) returns of the episodes that ended during this rollout."""
     episode_lengths: List[int] = field(default_factory=list)
+    episode_metrics: List[Dict[str, Any]] = field(default_factory=list)
+    """Per-episode outcomes of the episodes that ended here, from the env family's
+    ``episode_metrics(final_info, return, length)`` (MetaDrive: success, crash, ...);
+    empty for envs without one."""
+
+
+def final_info_of(info: Dict[str, Any], i: int) -> Dict[str, Any]:
+    """The unbatched info dict of sub-env ``i``'s last step, from a ``SAME_STEP`` vector env's info.
+
+    Gymnasium puts the ending step's info under ``info["final_info"]`` as batched arrays
+    with ``_<key>`` masks; keys that sub-env ``i`` did not report are left out.
+    """
+    batched = info.get("final_info", {})
+    return {k: v[i] for k, v in batched.items()
+            if not k.startswith("_") and (f"_{k}" not in batched or batched[f"_{k}"][i])}
 
 
 class RolloutCollector:
@@ -60,8 +75,10 @@ class RolloutCollector:
     """
 
     def __init__(self, envs: gymnasium.vector.VectorEnv, policy: Callable, obs_normalizer: ObsNormalizer,
-                 reward_scaler: RewardScaler, seed: Optional[int], *, update_stats_on_reset: bool = True) -> None:
+                 reward_scaler: RewardScaler, seed: Optional[int], *, update_stats_on_reset: bool = True,
+                 episode_metrics_fn: Optional[Callable[..., Dict[str, Any]]] = None) -> None:
         self.envs = envs
+        self.episode_metrics_fn = episode_metrics_fn
         self.policy = policy
         self.obs_normalizer = obs_normalizer
         self.reward_scaler = reward_scaler
@@ -108,6 +125,7 @@ class RolloutCollector:
         actions: Optional[torch.Tensor] = None
         ep_returns: List[float] = []
         ep_lengths: List[int] = []
+        ep_metrics: List[Dict[str, Any]] = []
         start = time.perf_counter()
         env_time = 0.0
         try:
@@ -145,6 +163,9 @@ class RolloutCollector:
                 for i in np.flatnonzero(done):
                     ep_returns.append(float(self.ep_return[i]))
                     ep_lengths.append(int(self.ep_length[i]))
+                    if self.episode_metrics_fn is not None:
+                        ep_metrics.append(self.episode_metrics_fn(final_info_of(info, i), ep_returns[-1],
+                                                                  ep_lengths[-1]))
                 self.ep_return[done] = 0.0
                 self.ep_length[done] = 0
 
@@ -162,7 +183,7 @@ class RolloutCollector:
         self.recent_lengths.extend(ep_lengths)
         assert actions is not None
         return Rollout(obs_buf, actions, log_probs, values, rewards, terminated, truncated, next_values,
-                       ep_returns, ep_lengths)
+                       ep_returns, ep_lengths, ep_metrics)
 
     def state_dict(self) -> dict:
         return {"recent_returns": list(self.recent_returns), "recent_lengths": list(self.recent_lengths)}

@@ -24,13 +24,22 @@ TIMING_COLUMNS = ["env_seconds", "inference_seconds", "advantage_seconds", "upda
 EVAL_COLUMNS = ["eval_step", "eval_success_rate", "eval_crash_rate", "eval_out_of_road_rate",
                 "eval_route_completion", "eval_mean_return", "eval_mean_length"]
 
+#: Outcomes of the training episodes that ended in the update's rollout (MetaDrive; empty
+#: for envs that report none, NaN when no episode ended).
+TRAIN_OUTCOME_COLUMNS = ["train_success_rate", "train_crash_rate", "train_out_of_road_rate",
+                         "train_route_completion"]
+
+#: The held-out evaluation's episode count and the 95% Wilson interval of its success rate.
+EVAL_INTERVAL_COLUMNS = ["eval_episodes", "eval_success_rate_low", "eval_success_rate_high"]
+
 #: Columns of metrics.csv. The wall-clock ones (:data:`WALL_CLOCK_COLUMNS`) vary between
 #: runs; every other column is reproducible for a fixed seed and config with SyncVectorEnv.
 METRICS_COLUMNS = [
     "step", "time", "update", "episode_return", "episode_length", "episodes",
     "policy_loss", "value_loss", "entropy", "clip_fraction", "value_clip_fraction",
     "approx_kl", "explained_variance", "learning_rate", "epochs", "steps_per_second",
-    *TIMING_COLUMNS, *EVAL_COLUMNS, "env_restarts",
+    *TIMING_COLUMNS, *EVAL_COLUMNS, "env_restarts", *TRAIN_OUTCOME_COLUMNS, "action_std",
+    *EVAL_INTERVAL_COLUMNS, "kl_coef",
 ]
 
 WALL_CLOCK_COLUMNS = {"time", "steps_per_second", *TIMING_COLUMNS}
@@ -107,6 +116,14 @@ def _floats(rows: Sequence[Dict[str, str]], key: str) -> List[float]:
     return [float(r[key]) if r.get(key) not in (None, "") else math.nan for r in rows]
 
 
+def _running_mean(xs: Sequence[float], window: int) -> List[float]:
+    out: List[float] = []
+    for i in range(len(xs)):
+        recent = [x for x in xs[max(0, i + 1 - window):i + 1] if not math.isnan(x)]
+        out.append(sum(recent) / len(recent) if recent else math.nan)
+    return out
+
+
 def plot_learning_curve(rows: Sequence[Dict[str, str]], path: os.PathLike, title: str = "") -> None:
     """Draw episode return (with held-out success, when evaluated) and losses against steps
     into ``path`` (PNG, Agg, written atomically)."""
@@ -128,9 +145,18 @@ def plot_learning_curve(rows: Sequence[Dict[str, str]], path: os.PathLike, title
         success = _floats(evals, "eval_success_rate")
         ax3 = ax1.twinx()
         if not all(math.isnan(x) for x in success):
+            low, high = _floats(evals, "eval_success_rate_low"), _floats(evals, "eval_success_rate_high")
+            if not all(math.isnan(x) for x in low):
+                n = evals[-1].get("eval_episodes") or "?"
+                ax3.fill_between(eval_steps, low, high, color="tab:orange", alpha=0.2,
+                                 label=f"95% interval ({n} episodes)")
             ax3.plot(eval_steps, success, "o-", color="tab:orange", label="held-out success")
             ax3.plot(eval_steps, _floats(evals, "eval_route_completion"), "s--", color="tab:green",
                      alpha=0.7, label="held-out route completion")
+            train_success = _floats(rows, "train_success_rate")
+            if not all(math.isnan(x) for x in train_success):
+                ax3.plot(steps, _running_mean(train_success, 10), color="tab:red", lw=1, alpha=0.8,
+                         label="training success (last 10 updates)")
             ax3.set_ylim(-0.02, 1.02)
             ax3.set_ylabel("held-out success rate")
         else:  # envs without a success flag: held-out return on the return axis' twin

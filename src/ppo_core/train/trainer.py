@@ -23,15 +23,16 @@ from typing import Any, Callable, Dict, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
+from torch.distributions import Independent, Normal
 
 from ppo_core import torch as ppo_torch
 
 from . import checkpoint as ckpt
 from .config import PPOConfig, save_config
-from .envs import env_family, make_vector_env
+from .envs import env_family, episode_metrics_fns, make_vector_env
 from .errors import ConfigError, EnvWorkerError, RunDirError
 from .estimators import ESTIMATORS
-from .losses import POLICY_LOSSES
+from .losses import POLICY_LOSSES, STATEFUL_POLICY_LOSSES, make_policy_loss
 from .normalize import ObsNormalizer, RewardScaler
 from .policies import make_mlp_policy, space_to_dict
 from .rollout import Rollout, RolloutCollector
@@ -133,7 +134,11 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.advantage_estimator = advantage_estimator or self._lookup(
             ESTIMATORS, config.advantage_estimator, "advantage_estimator")
-        self.policy_loss = policy_loss or self._lookup(POLICY_LOSSES, config.policy_loss, "policy_loss")
+        if policy_loss is None:
+            known = {**POLICY_LOSSES, **STATEFUL_POLICY_LOSSES}
+            self._lookup(known, config.policy_loss, "policy_loss")
+            policy_loss = make_policy_loss(config.policy_loss, config)
+        self.policy_loss = policy_loss
 
         torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
@@ -159,9 +164,12 @@ class Trainer:
             self.elapsed = 0.0
             if _resume_state is not None:
                 self._load_state(_resume_state)
+            family_fns = episode_metrics_fns(self._env_source) if isinstance(self._env_source, str) else None
+            self._summarize_episodes = family_fns[1] if family_fns else None
             self.collector = RolloutCollector(self.envs, self.policy, self.obs_normalizer,
                                               self.reward_scaler, env_seed,
-                                              update_stats_on_reset=_resume_state is None)
+                                              update_stats_on_reset=_resume_state is None,
+                                              episode_metrics_fn=family_fns[0] if family_fns else None)
             if _resume_state is not None:
                 self.collector.load_state_dict(_resume_state.get("collector", {}))
         except BaseException:
@@ -228,6 +236,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "perm_rng": self.perm_generator.get_state(),
             "collector": self.collector.state_dict(),
+            **({"policy_loss": self.policy_loss.state_dict()} if hasattr(self.policy_loss, "state_dict") else {}),
         }
 
     def _load_state(self, state: Dict[str, Any]) -> None:
@@ -240,6 +249,8 @@ class Trainer:
         self.global_step = int(state["step"])
         self.update = int(state["update"])
         self.elapsed = float(state["elapsed"])
+        if "policy_loss" in state and hasattr(self.policy_loss, "load_state_dict"):
+            self.policy_loss.load_state_dict(state["policy_loss"])
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint now (atomically) and redraw the learning curve."""
@@ -281,7 +292,9 @@ class Trainer:
                 if self._evaluator is None or self._evaluator.config.num_scenarios < n:
                     self._close_evaluator()
                     base = md.MetaDriveConfig.from_dict(cfg.env_kwargs)
-                    ev_cfg = base.replace(start_seed=cfg.eval_start_seed, num_scenarios=n)
+                    # Held-out scenarios at the fixed traffic density, whatever training randomized.
+                    ev_cfg = base.replace(start_seed=cfg.eval_start_seed, num_scenarios=n,
+                                          traffic_density_range=None)
                     self._evaluator = md.ParallelEvaluator(ev_cfg, min(cfg.eval_workers or cfg.num_envs, n))
                 return self._evaluator.evaluate(lambda obs: policy.act(obs, deterministic=True), episodes=n,
                                                 start_seed=cfg.eval_start_seed)
@@ -318,11 +331,13 @@ class Trainer:
             self._close_evaluator()
             return {"eval_seconds": time.perf_counter() - t0}
         self._last_eval_step = self.global_step
-        row: Dict[str, Any] = {"eval_step": self.global_step}
+        row: Dict[str, Any] = {"eval_step": self.global_step, "eval_episodes": int(result["episodes"])}
         for key in ("success_rate", "crash_rate", "out_of_road_rate", "route_completion", "mean_return",
                     "mean_length"):
             if key in result:
                 row[f"eval_{key}"] = float(result[key])
+        if "success_rate_ci" in result:
+            row["eval_success_rate_low"], row["eval_success_rate_high"] = map(float, result["success_rate_ci"])
         row["eval_seconds"] = time.perf_counter() - t0
         return row
 
@@ -430,6 +445,7 @@ class Trainer:
                     **{f"{k}_seconds": round(v, 4) for k, v in timings.items()},
                     **{k: v for k, v in eval_row.items() if k != "eval_seconds"},
                     "env_restarts": self.env_restarts,
+                    **self._training_episode_stats(rollout),
                 }
                 self.metrics.log(row)
                 if self.update % cfg.checkpoint_every == 0 or self.finished:
@@ -439,6 +455,20 @@ class Trainer:
         finally:
             self.close()
         return row
+
+    def _training_episode_stats(self, rollout: Rollout) -> Dict[str, Any]:
+        """Outcome rates of the training episodes that ended in ``rollout`` (``train_*`` columns).
+
+        For env families that report outcomes (MetaDrive: success, crash, out of road,
+        route completion); NaN when no episode ended in the rollout.
+        """
+        if self._summarize_episodes is None:
+            return {}
+        keys = ("success_rate", "crash_rate", "out_of_road_rate", "route_completion")
+        if not rollout.episode_metrics:
+            return {f"train_{k}": math.nan for k in keys}
+        summary = self._summarize_episodes(rollout.episode_metrics)
+        return {f"train_{k}": float(summary[k]) for k in keys if k in summary}
 
     def close(self) -> None:
         """Close the environments, the evaluator and the metrics files (idempotent)."""
@@ -478,6 +508,8 @@ class Trainer:
                                   "clip_fraction": 0.0, "value_clip_fraction": 0.0}
         count = 0
         epochs = 0
+        gaussian: Optional[bool] = None
+        std_sum = 0.0
         for _ in range(cfg.update_epochs):
             epochs += 1
             perm = torch.randperm(n, generator=self.perm_generator)
@@ -505,6 +537,10 @@ class Trainer:
                 sums["entropy"] += float(entropy.detach())
                 sums["clip_fraction"] += float(pg.clip_fraction)
                 sums["value_clip_fraction"] += float(vl.clip_fraction)
+                if gaussian is None:
+                    gaussian = isinstance(dist, Independent) and isinstance(dist.base_dist, Normal)
+                if gaussian:
+                    std_sum += float(dist.base_dist.stddev.detach().mean())
                 epoch_kl += float(pg.approx_kl)
                 epoch_batches += 1
                 count += 1
@@ -516,6 +552,11 @@ class Trainer:
         stats["approx_kl"] = approx_kl
         stats["explained_variance"] = _explained_variance(old_values, returns)
         stats["epochs"] = epochs
+        after_update = getattr(self.policy_loss, "after_update", None)
+        if after_update is not None:  # a loss with state across updates (e.g. an adaptive KL penalty)
+            stats.update(after_update(approx_kl))
+        if gaussian:
+            stats["action_std"] = std_sum / count  # mean over minibatches, samples and action dims
         self._learn_timings = {"advantage": t_adv - t0, "update": time.perf_counter() - t_adv}
         return stats
 
