@@ -198,3 +198,18 @@ def test_killed_metadrive_worker_is_replaced(tmp_path, caplog):
     assert killed and trainer.env_restarts == 1
     assert any("environment worker failed in update 2" in r.getMessage() for r in caplog.records)
     assert [int(r["step"]) for r in read_metrics(tmp_path / "run" / "metrics.csv")] == [64, 128]
+
+
+def test_metadrive_env_groups_collect_and_train(tmp_path):
+    cfg = T.preset().replace(num_envs=2, env_groups=2, num_steps=32, total_steps=128, num_minibatches=2,
+                             update_epochs=1, hidden_sizes=[16], eval_every_steps=0,
+                             env_kwargs={"num_scenarios": 3, "start_seed": 0, "traffic_density": 0.1,
+                                         "horizon": 30})
+    trainer = T.Trainer(cfg, tmp_path / "run")
+    ro = trainer.collector.collect(40)  # more steps than the horizon: episodes end and reset
+    assert ro.obs.shape == (40, 2, 259) and (ro.truncated | ro.terminated).any()
+    assert len(ro.episode_metrics) == len(ro.episode_returns) > 0
+    trainer.train()
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [64, 128]
+    assert trainer.envs is None

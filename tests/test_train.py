@@ -624,3 +624,81 @@ def test_action_std_column_is_the_policy_std_and_empty_for_discrete_actions(tmp_
     T.train(_small(), tmp_path / "cartpole")
     assert {r["action_std"] for r in read_metrics(tmp_path / "cartpole" / "metrics.csv")} == {""}
     assert {r["train_success_rate"] for r in read_metrics(tmp_path / "cartpole" / "metrics.csv")} == {""}
+
+
+# -- pipelined collection over env groups -------------------------------------------
+
+
+def _groups(make, num_envs, seed=0):
+    from ppo_core.train.env_groups import EnvGroups
+
+    half = num_envs // 2
+    return EnvGroups([T.make_vector_env(make, half, seed, asynchronous=True),
+                      T.make_vector_env(make, half, seed + half, asynchronous=True)])
+
+
+@pytest.mark.parametrize("terminate", [False, True])
+def test_pipelined_rollout_keeps_the_bootstrapping_contract(terminate):
+    from ppo_core.train.normalize import ObsNormalizer, RewardScaler
+
+    horizon = 4
+
+    def make():
+        env = CountdownEnv(horizon, terminate=terminate)
+        return env if terminate else TimeLimit(env, horizon)
+
+    envs = _groups(make, 4)
+    collector = T.RolloutCollector(envs, _ValueIsObs(), ObsNormalizer((1,), enabled=False),
+                                   RewardScaler(4, 0.9, enabled=False), seed=0)
+    ro = collector.collect(10)
+    again = collector.collect(3)  # the next rollout continues the episodes
+    envs.close()
+    ends = [t for t in range(10) if (t + 1) % horizon == 0]
+    for n in range(4):
+        assert ro.terminated[:, n].tolist() == [terminate and t in ends for t in range(10)]
+        assert ro.truncated[:, n].tolist() == [(not terminate) and t in ends for t in range(10)]
+        for t in range(10):
+            if t in ends:
+                assert ro.next_values[t, n].item() == 0.0  # V(final obs), never V(reset obs) = 100
+            elif t < 9:
+                assert ro.next_values[t, n].item() == ro.values[t + 1, n].item()
+        # obs of step t: horizon - (t mod horizon) steps left, scaled
+        np.testing.assert_allclose(ro.obs[:, n, 0].numpy(), [(horizon - t % horizon) / horizon for t in range(10)])
+        np.testing.assert_allclose(again.obs[:, n, 0].numpy(), [(horizon - t % horizon) / horizon
+                                                                for t in range(10, 13)])
+    assert ro.episode_returns == [float(horizon)] * (4 * len(ends))
+
+
+def test_pipelined_reward_scaling_equals_the_per_env_recursion():
+    from ppo_core.train.normalize import RewardScaler
+
+    rng = np.random.default_rng(0)
+    rewards = rng.normal(size=(20, 4))
+    done = rng.random((20, 4)) < 0.2
+    whole, split = RewardScaler(4, 0.9, enabled=True), RewardScaler(4, 0.9, enabled=True)
+    for t in range(20):
+        whole(rewards[t], done[t])
+        split(rewards[t, :2], done[t, :2], slice(0, 2))
+        split(rewards[t, 2:], done[t, 2:], slice(2, 4))
+    np.testing.assert_allclose(split.returns, whole.returns)  # the same per-env discounted returns
+    assert split.rms.count == whole.rms.count
+    np.testing.assert_allclose(split.rms.mean, whole.rms.mean)  # the same samples, other batches
+
+
+def test_env_groups_train_and_recover_from_a_killed_worker(tmp_path, caplog):
+    marker = str(tmp_path / "killed")
+    cfg = _small(env_id="", async_envs=True, num_envs=4, env_groups=2, num_steps=16, total_steps=64 * 3)
+    trainer = T.Trainer(cfg, tmp_path / "run", env_fn=lambda: SelfKillingEnv(20, marker))
+    with caplog.at_level(logging.WARNING, logger="ppo_core.train"):
+        trainer.train()
+    assert os.path.exists(marker) and trainer.env_restarts == 1
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [64, 128, 192]
+    assert float(rows[-1]["episode_length"]) == 8.0
+
+
+def test_env_groups_config_is_checked():
+    with pytest.raises(T.ConfigError, match="env_groups"):
+        _small(num_envs=3, env_groups=2, async_envs=True)
+    with pytest.raises(T.ConfigError, match="async_envs"):
+        _small(num_envs=4, env_groups=2)

@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(MetaDrive: success, crash and out-of-road rates, route completion, "
                                    "on scenarios S, S+1, ... in parallel workers).")
     e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--checkpoint", metavar="FILE",
+                   help="evaluate this checkpoint (a checkpoints/step_*.pt of the run) instead of the latest")
     e.add_argument("--env", metavar="ENV_ID", help="environment (default: the run's)")
     e.add_argument("--episodes", type=_positive_int, default=10, metavar="N", help="episodes (default 10)")
     e.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
@@ -312,7 +314,9 @@ def _eval(args: argparse.Namespace) -> int:
     _require(_TRAIN_MODULES, "train", "eval")
     from ppo_core import train as T
 
-    policy = T.load_policy(args.run_dir)
+    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
+        raise CLIError(f"--checkpoint {args.checkpoint}: no such file", code=1)
+    policy = T.load_policy(args.run_dir, args.checkpoint)
     # As in training: torch's own default pool (one thread per core) competes with the
     # simulator workers for the same cores and makes evaluation slower, not faster.
     import torch

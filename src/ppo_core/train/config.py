@@ -46,6 +46,12 @@ class PPOConfig:
     async_envs: bool = False
     """Step the environments in subprocesses (``AsyncVectorEnv``) instead of in-process (``SyncVectorEnv``)."""
 
+    env_groups: int = 1
+    """Collect with the envs split into this many groups of worker processes, stepped in turn,
+    so that the policy's forward pass for one group overlaps the other groups' simulation
+    (``ppo_core.train.env_groups``). 1 is one vector env stepped as a whole; more needs
+    ``async_envs`` (MetaDrive always is) and ``num_envs`` divisible by it."""
+
     num_steps: int = 2048
     """Steps per environment per rollout; one update uses ``num_envs * num_steps`` transitions."""
 
@@ -206,6 +212,11 @@ class PPOConfig:
         for name in ("gamma", "lam"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"config key {name!r} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.env_groups < 1 or self.num_envs % self.env_groups:
+            raise ConfigError(f"config key 'env_groups' must be >= 1 and divide num_envs ({self.num_envs}), "
+                              f"got {self.env_groups!r}")
+        if self.env_groups > 1 and not (self.async_envs or self.env_id.lower().startswith("metadrive")):
+            raise ConfigError("config key 'env_groups' > 1 needs async_envs = true (worker processes to overlap)")
         if self.num_minibatches > self.batch_size:
             raise ConfigError(
                 f"config key 'num_minibatches' ({self.num_minibatches}) exceeds the batch size "

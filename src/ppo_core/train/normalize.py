@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -78,13 +78,20 @@ class RewardScaler:
         self.rms = RunningMeanStd(())
         self.returns = np.zeros(num_envs, np.float64)
 
-    def __call__(self, rewards: np.ndarray, done: np.ndarray) -> np.ndarray:
+    def __call__(self, rewards: np.ndarray, done: np.ndarray, envs: Optional[slice] = None) -> np.ndarray:
+        """Scale one step's rewards of every env, or of the envs ``envs`` (a slice) only."""
         rewards = np.asarray(rewards, np.float64)
         if not self.enabled:
             return rewards.astype(np.float32)
-        self.returns = self.returns * self.gamma + rewards
-        self.rms.update(self.returns)
-        self.returns[np.asarray(done, bool)] = 0.0
+        if envs is None:
+            self.returns = self.returns * self.gamma + rewards
+            self.rms.update(self.returns)
+            self.returns[np.asarray(done, bool)] = 0.0
+        else:
+            returns = self.returns[envs] * self.gamma + rewards
+            self.rms.update(returns)
+            returns[np.asarray(done, bool)] = 0.0
+            self.returns[envs] = returns
         scaled = rewards / np.sqrt(self.rms.var + 1e-8)
         return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
 

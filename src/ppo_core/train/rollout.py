@@ -21,6 +21,7 @@ import torch
 
 from ppo_core import torch as ppo_torch
 
+from .env_groups import EnvGroups
 from .normalize import ObsNormalizer, RewardScaler
 from .policies import env_action
 
@@ -114,6 +115,9 @@ class RolloutCollector:
 
     @torch.no_grad()
     def collect(self, num_steps: int) -> Rollout:
+        """Step every env ``num_steps`` times; return the time-major :class:`Rollout`."""
+        if isinstance(self.envs, EnvGroups):
+            return self._collect_pipelined(num_steps)
         T, N = num_steps, self.num_envs
         obs_buf = torch.zeros((T, N, *self.raw_obs.shape[1:]), dtype=torch.float32)
         values = torch.zeros((T, N))
@@ -171,6 +175,101 @@ class RolloutCollector:
 
                 self.raw_obs = np.asarray(next_obs)
                 self.obs_normalizer.update(self.raw_obs)
+        finally:  # a failed (discarded) rollout's time is still counted
+            self.timings["env"] += env_time
+            self.timings["inference"] += time.perf_counter() - start - env_time
+
+        last_values = self._value(self.raw_obs)
+        next_values = ppo_torch.next_values_from(
+            values, last_values, final_values=final_values, done=terminated | truncated
+        )
+        self.recent_returns.extend(ep_returns)
+        self.recent_lengths.extend(ep_lengths)
+        assert actions is not None
+        return Rollout(obs_buf, actions, log_probs, values, rewards, terminated, truncated, next_values,
+                       ep_returns, ep_lengths, ep_metrics)
+
+    @torch.no_grad()
+    def _collect_pipelined(self, num_steps: int) -> Rollout:
+        """:meth:`collect` on :class:`EnvGroups`: one group's forward pass overlaps the other's step.
+
+        Per time step ``t`` and group ``g`` in order: wait for ``g``'s pending step, book
+        it, then (unless the rollout is complete) run the policy on ``g``'s new
+        observations and send its next actions, so that the forward pass of every group
+        runs while the other group's simulators step. No step is left in flight when the
+        rollout is returned, so every action comes from the policy being updated.
+        Timings: ``env`` is the time spent waiting for simulators, ``inference`` the rest.
+        """
+        envs: EnvGroups = self.envs  # type: ignore[assignment]
+        T, N = num_steps, self.num_envs
+        obs_buf = torch.zeros((T, N, *self.raw_obs.shape[1:]), dtype=torch.float32)
+        values = torch.zeros((T, N))
+        log_probs = torch.zeros((T, N))
+        rewards = torch.zeros((T, N))
+        terminated = torch.zeros((T, N), dtype=torch.bool)
+        truncated = torch.zeros((T, N), dtype=torch.bool)
+        final_values = torch.zeros((T, N))
+        actions: Optional[torch.Tensor] = None
+        ep_returns: List[float] = []
+        ep_lengths: List[int] = []
+        ep_metrics: List[Dict[str, Any]] = []
+        start = time.perf_counter()
+        env_time = 0.0
+
+        def launch(g: int, t: int) -> None:
+            nonlocal actions
+            sl = envs.slices[g]
+            obs = torch.from_numpy(self.obs_normalizer(self.raw_obs[sl]))
+            dist, value = self.policy(obs)
+            action = dist.sample()
+            if actions is None:
+                actions = torch.zeros((T, N, *action.shape[1:]), dtype=action.dtype)
+            obs_buf[t, sl] = obs
+            actions[t, sl] = action
+            log_probs[t, sl] = dist.log_prob(action)
+            values[t, sl] = value
+            envs.step_async(g, env_action(action, self.action_space))
+
+        def book(g: int, t: int) -> None:
+            nonlocal env_time
+            sl = envs.slices[g]
+            t_env = time.perf_counter()
+            next_obs, reward, term, trunc, info = envs.step_wait(g)
+            env_time += time.perf_counter() - t_env
+            term = np.asarray(term, bool)
+            trunc = np.asarray(trunc, bool) & ~term
+            done = term | trunc
+            if trunc.any():
+                idx = np.flatnonzero(trunc)
+                final_obs = np.stack([np.asarray(info["final_obs"][i]) for i in idx])
+                final_values[t, torch.from_numpy(idx + sl.start)] = self._value(final_obs)
+            reward = np.asarray(reward, np.float64)
+            rewards[t, sl] = torch.from_numpy(self.reward_scaler(reward, done, sl))
+            terminated[t, sl] = torch.from_numpy(term)
+            truncated[t, sl] = torch.from_numpy(trunc)
+            self.ep_return[sl] += reward
+            self.ep_length[sl] += 1
+            for i in np.flatnonzero(done):
+                k = sl.start + i
+                ep_returns.append(float(self.ep_return[k]))
+                ep_lengths.append(int(self.ep_length[k]))
+                if self.episode_metrics_fn is not None:
+                    ep_metrics.append(self.episode_metrics_fn(final_info_of(info, i), ep_returns[-1],
+                                                              ep_lengths[-1]))
+            self.ep_return[sl][done] = 0.0
+            self.ep_length[sl][done] = 0
+            next_obs = np.asarray(next_obs)
+            self.raw_obs[sl] = next_obs
+            self.obs_normalizer.update(next_obs)
+
+        try:
+            for g in range(envs.num_groups):
+                launch(g, 0)
+            for t in range(T):
+                for g in range(envs.num_groups):
+                    book(g, t)
+                    if t + 1 < T:
+                        launch(g, t + 1)
         finally:  # a failed (discarded) rollout's time is still counted
             self.timings["env"] += env_time
             self.timings["inference"] += time.perf_counter() - start - env_time

@@ -29,6 +29,7 @@ from ppo_core import torch as ppo_torch
 
 from . import checkpoint as ckpt
 from .config import PPOConfig, save_config
+from .env_groups import EnvGroups
 from .envs import env_family, episode_metrics_fns, make_vector_env
 from .errors import ConfigError, EnvWorkerError, RunDirError
 from .estimators import ESTIMATORS
@@ -147,8 +148,7 @@ class Trainer:
         update = 0 if _resume_state is None else int(_resume_state["update"])
         env_seed = config.seed if _resume_state is None else config.seed + 7919 * update
         self._env_source: Any = env_fn or config.env_id
-        self.envs = make_vector_env(self._env_source, config.num_envs, env_seed,
-                                    asynchronous=config.async_envs, env_kwargs=config.env_kwargs)
+        self.envs = self._make_envs(env_seed)
         try:
             self.observation_space = self.envs.single_observation_space
             self.action_space = self.envs.single_action_space
@@ -380,10 +380,28 @@ class Trainer:
         # New seeds, derived deterministically from the run's seed, update and restart count.
         seed = cfg.seed + 7919 * self.update + 104_729 * self.env_restarts
         t0 = time.perf_counter()
-        self.envs = make_vector_env(self._env_source, cfg.num_envs, seed, asynchronous=cfg.async_envs,
-                                    env_kwargs=cfg.env_kwargs)
+        self.envs = self._make_envs(seed)
         self.collector.timings["env"] += time.perf_counter() - t0
         self.collector.replace_envs(self.envs, seed)
+
+    def _make_envs(self, seed: int) -> Any:
+        """The vector env, or with ``env_groups > 1`` the :class:`EnvGroups` for pipelined collection."""
+        cfg = self.config
+        groups = cfg.env_groups
+        if groups == 1:
+            return make_vector_env(self._env_source, cfg.num_envs, seed, asynchronous=cfg.async_envs,
+                                   env_kwargs=cfg.env_kwargs)
+        size = cfg.num_envs // groups
+        built: list = []
+        try:
+            for g in range(groups):
+                built.append(make_vector_env(self._env_source, size, seed + g * size, asynchronous=True,
+                                             env_kwargs=cfg.env_kwargs))
+            return EnvGroups(built)
+        except BaseException:
+            for envs in built:
+                envs.close()
+            raise
 
     def timing_summary(self) -> Dict[str, Any]:
         """This session's wall time by part: ``{"seconds": {...}, "shares": {...}, "steps_per_second"}``.
