@@ -53,3 +53,28 @@ def test_paired_difference():
         paired_difference([1, 0], [1])
     with pytest.raises(ValueError, match="at least 2"):
         paired_difference([1], [0])
+
+
+def test_paired_eval_script(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "paired_eval.py"
+    spec = importlib.util.spec_from_file_location("paired_eval", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def write(name, successes):
+        p = tmp_path / name
+        p.write_text("".join(json.dumps({"scenario": 10000 + i, "success": s, "crash": not s, "out_of_road": False,
+                                         "route_completion": 1.0 if s else 0.5, "return": 1.0, "length": 10}) + "\n"
+                             for i, s in enumerate(successes)))
+        return str(p)
+
+    a = write("a.jsonl", [True, False, False, True])
+    b = write("b.jsonl", [True, True, False, True])
+    assert mod.main([f"base={a}", f"new={b}"]) == 0
+    out = capsys.readouterr().out
+    assert "base" in out and "0.500" in out and "0.750" in out
+    assert "new - base, success: +0.250" in out and "1 scenarios only new solved, 0 only base" in out
