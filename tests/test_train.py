@@ -702,3 +702,19 @@ def test_env_groups_config_is_checked():
         _small(num_envs=3, env_groups=2, async_envs=True)
     with pytest.raises(T.ConfigError, match="async_envs"):
         _small(num_envs=4, env_groups=2)
+
+
+def test_episode_actor_rows_do_not_depend_on_the_batching(tmp_path):
+    T.train(_small(env_id="Pendulum-v1", total_steps=64), tmp_path / "run")
+    policy = T.load_policy(tmp_path / "run")
+    obs = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    keys = [10, 11, 12, 13, 14, 15]
+    for deterministic in (True, False):
+        whole = policy.episode_actor(deterministic, seed=1)(obs, keys)
+        split_actor = policy.episode_actor(deterministic, seed=1)
+        split = np.concatenate([split_actor(obs[i:i + 2], keys[i:i + 2]) for i in (0, 2, 4)])
+        np.testing.assert_array_equal(whole, split)
+    first = policy.episode_actor(False, seed=1)(obs, keys)
+    other_seed = policy.episode_actor(False, seed=2)(obs, keys)
+    assert not np.array_equal(first, other_seed)
+    np.testing.assert_array_equal(policy.episode_actor(True)(obs, keys), np.stack([policy.act(o[None])[0] for o in obs]))

@@ -382,15 +382,14 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
     except (TypeError, ValueError) as e:
         raise CLIError(f"MetaDrive options of {args.run_dir}: {e}", code=1) from None
     deterministic = not args.stochastic
-
-    def act(obs: Any) -> Any:
-        return policy.act(obs, deterministic=deterministic)
+    # Row by row, and sampled per episode: the same episodes with any --workers.
+    act = policy.episode_actor(deterministic=deterministic, seed=args.seed)
 
     if args.episodes_out:
         _check_writable(args.episodes_out, "--episodes-out")
     t0 = time.monotonic()
     result: Dict[str, Any] = md.evaluate_policy(act, base, episodes=n, start_seed=start, num_scenarios=k,
-                                                num_workers=args.workers, return_episodes=True)
+                                                num_workers=args.workers, return_episodes=True, keyed=True)
     per_episode = result.pop("per_episode")
     if args.episodes_out:
         _write_jsonl(args.episodes_out, [{key: e[key] for key in md.EPISODE_KEYS} for e in per_episode])
@@ -398,7 +397,7 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
                   num_scenarios=k, traffic_density=base.traffic_density, horizon=base.horizon,
                   seconds=round(time.monotonic() - t0, 2))
     if args.gif:
-        gif = md.write_topdown_gif(act, base, seed=start, path=args.gif)
+        gif = md.write_topdown_gif(act, base, seed=start, path=args.gif, keyed=True)
         result["gif"] = {"path": gif["path"], "scenario": gif["scenario"], "frames": gif["frames"],
                          "success": gif["success"], "length": gif["length"]}
     if args.json:

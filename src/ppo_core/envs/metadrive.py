@@ -702,6 +702,8 @@ class ParallelEvaluator:
         act_fn: ActFn,
         scenarios: Sequence[int],
         on_frame: Optional[Callable[[int, np.ndarray], None]] = None,
+        *,
+        keyed: bool = False,
     ) -> List[Dict[str, Any]]:
         """Run one episode per entry of ``scenarios`` and return their metrics, in order.
 
@@ -710,9 +712,12 @@ class ParallelEvaluator:
         and must return actions ``(n_active, 2)``.
 
         Args:
-            act_fn: Batched deterministic policy.
+            act_fn: Batched policy.
             scenarios: Scenario indices (inside the config's range).
             on_frame: With ``render=True``: called as ``on_frame(episode_index, frame)``.
+            keyed: Call ``act_fn(obs, keys)`` with the scenario of each row as its key
+                (e.g. :meth:`ppo_core.train.Policy.episode_actor`), so that a policy can
+                act per episode whatever the batching.
         """
         valid = self.config.scenarios
         for s in scenarios:
@@ -738,7 +743,11 @@ class ParallelEvaluator:
         start(range(self.num_workers))
         while obs:
             ids = sorted(obs)
-            actions = np.asarray(act_fn(np.stack([obs[w] for w in ids])), dtype=np.float32)
+            batch = np.stack([obs[w] for w in ids])
+            if keyed:
+                actions = np.asarray(act_fn(batch, [scenarios[episode_of[w]] for w in ids]), dtype=np.float32)
+            else:
+                actions = np.asarray(act_fn(batch), dtype=np.float32)
             if actions.shape[0] != len(ids):
                 raise ValueError(f"act_fn returned {actions.shape[0]} actions for {len(ids)} observations")
             for k, w in enumerate(ids):
@@ -757,7 +766,8 @@ class ParallelEvaluator:
             start(finished)
         return [r for r in results if r is not None]
 
-    def evaluate(self, act_fn: ActFn, episodes: Optional[int] = None, start_seed: Optional[int] = None) -> Dict[str, Any]:
+    def evaluate(self, act_fn: ActFn, episodes: Optional[int] = None, start_seed: Optional[int] = None,
+                 *, keyed: bool = False) -> Dict[str, Any]:
         """Evaluate on scenarios ``start_seed, start_seed + 1, ...`` (wrapping in the range).
 
         ``episodes`` defaults to the range size, so each scenario runs exactly once.
@@ -767,7 +777,7 @@ class ParallelEvaluator:
         n = cfg.num_scenarios if episodes is None else int(episodes)
         s0 = cfg.start_seed if start_seed is None else int(start_seed)
         scenarios = [scenario_for_seed(s0 + i, cfg.start_seed, cfg.num_scenarios) for i in range(n)]
-        return summarize_episodes(self.run_episodes(act_fn, scenarios))
+        return summarize_episodes(self.run_episodes(act_fn, scenarios, keyed=keyed))
 
     def close(self) -> None:
         """Stop the workers (gracefully, then by terminate after a timeout)."""
@@ -802,6 +812,7 @@ def evaluate_policy(
     context: str = "spawn",
     *,
     return_episodes: bool = False,
+    keyed: bool = False,
 ) -> Dict[str, Any]:
     """Evaluate a batched policy on scenarios ``S, S+1, ...`` in parallel.
 
@@ -819,6 +830,7 @@ def evaluate_policy(
         context: multiprocessing start method.
         return_episodes: Also return each episode's :func:`episode_metrics`, in
             scenario order, as ``per_episode``.
+        keyed: ``act_fn(obs, scenarios_of_rows)``, as in :meth:`ParallelEvaluator.run_episodes`.
 
     Returns:
         :func:`summarize_episodes` of the episodes: ``success_rate``, ``crash_rate``,
@@ -834,7 +846,7 @@ def evaluate_policy(
     workers = max(1, min(workers, episodes))
     scenarios = [scenario_for_seed(start_seed + i, start_seed, num_scenarios) for i in range(episodes)]
     with ParallelEvaluator(cfg, workers, context=context) as ev:
-        per_episode = ev.run_episodes(act_fn, scenarios)
+        per_episode = ev.run_episodes(act_fn, scenarios, keyed=keyed)
     result = summarize_episodes(per_episode)
     if return_episodes:
         result["per_episode"] = per_episode
@@ -852,6 +864,7 @@ def write_topdown_gif(
     screen_size: Tuple[int, int] = (400, 400),
     render_kwargs: Optional[Mapping[str, Any]] = None,
     context: str = "spawn",
+    keyed: bool = False,
 ) -> Dict[str, Any]:
     """Run one episode in a worker process and write its top-down view as a GIF.
 
@@ -870,6 +883,8 @@ def write_topdown_gif(
         screen_size: Frame size in pixels.
         render_kwargs: Extra arguments for MetaDrive's ``TopDownRenderer``
             (e.g. ``scaling``, ``film_size``, ``target_agent_heading_up``).
+        context: multiprocessing start method.
+        keyed: ``act_fn(obs, scenarios_of_rows)``, as in :meth:`ParallelEvaluator.run_episodes`.
 
     Returns:
         The episode's :func:`episode_metrics`, plus ``frames`` (count) and ``path``.
@@ -893,7 +908,7 @@ def write_topdown_gif(
         counter[0] += 1
 
     with ParallelEvaluator(cfg, 1, context=context, render=True, render_kwargs=kwargs) as ev:
-        (metrics,) = ev.run_episodes(act_fn, [scenario], on_frame=keep)
+        (metrics,) = ev.run_episodes(act_fn, [scenario], on_frame=keep, keyed=keyed)
     if last[0] is not None:
         frames.append(Image.fromarray(last[0]).convert("P", palette=Image.Palette.ADAPTIVE, colors=64))
     if not frames:

@@ -9,6 +9,7 @@ import gymnasium
 import numpy as np
 import torch
 from torch import nn
+from torch.distributions import Categorical, Normal
 
 from . import checkpoint as ckpt
 from .config import PPOConfig
@@ -38,11 +39,12 @@ class Policy:
         self.step = step
 
     @torch.no_grad()
-    def act(self, obs: Any, deterministic: bool = True) -> np.ndarray:
+    def act(self, obs: Any, deterministic: bool = True, generator: Optional[torch.Generator] = None) -> np.ndarray:
         """Actions for one observation (shape ``obs_shape``) or a batch (``(B, *obs_shape)``).
 
         Deterministic: the distribution's mode (arg-max for discrete actions,
-        the mean for Gaussian ones); otherwise a sample. Box actions are clipped
+        the mean for Gaussian ones); otherwise a sample, drawn from ``generator`` when
+        one is given (torch's global generator otherwise). Box actions are clipped
         to the action space's bounds. Returns one action or a ``(B, ...)`` array.
         """
         obs = np.asarray(obs, np.float32)
@@ -54,9 +56,38 @@ class Policy:
             raise ValueError(f"act: expected an observation of shape {shape} or a batch (B, *{shape}), "
                              f"got shape {obs.shape}")
         dist, _ = self.net(torch.from_numpy(self.obs_normalizer(obs)))
-        action = dist.mode if deterministic else dist.sample()
+        if deterministic:
+            action = dist.mode
+        elif generator is None:
+            action = dist.sample()
+        else:
+            action = _sample(dist, generator)
         out = env_action(action, self.action_space)
         return out[0] if single else out
+
+    def episode_actor(self, deterministic: bool = True, seed: int = 0) -> Callable[[np.ndarray, Any], np.ndarray]:
+        """A batched ``act(obs, episode_keys)`` whose actions do not depend on how episodes are batched.
+
+        Each row is computed on its own (a batch of one gives other last bits than a
+        larger batch in the BLAS kernels, and a driving episode amplifies them), so an
+        evaluation gives the same episodes with any number of workers. Stochastic: row
+        ``i`` is sampled from a generator of its own episode, seeded by ``(seed,
+        episode_keys[i])``, so the samples do not depend on the batching either.
+        """
+        generators: Dict[Any, torch.Generator] = {}
+
+        def act(obs: np.ndarray, episode_keys: Any) -> np.ndarray:
+            rows = []
+            for o, key in zip(np.asarray(obs, np.float32), episode_keys):
+                if deterministic:
+                    rows.append(self.act(o[None])[0])
+                else:
+                    if key not in generators:
+                        generators[key] = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(key))
+                    rows.append(self.act(o[None], deterministic=False, generator=generators[key])[0])
+            return np.stack(rows)
+
+        return act
 
     @torch.no_grad()
     def value(self, obs: Any) -> np.ndarray:
@@ -66,6 +97,17 @@ class Policy:
         obs = obs[None] if single else obs
         v = self.net(torch.from_numpy(self.obs_normalizer(obs)))[1].numpy()
         return v[0] if single else v
+
+
+def _sample(dist: Any, generator: torch.Generator) -> torch.Tensor:
+    """A sample of the policy's distribution (diagonal Gaussian or Categorical) from ``generator``."""
+    base = getattr(dist, "base_dist", None)
+    if isinstance(base, Normal):
+        noise = torch.randn(base.loc.shape, generator=generator, dtype=base.loc.dtype)
+        return base.loc + base.scale * noise
+    if isinstance(dist, Categorical):
+        return torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
+    raise TypeError(f"sampling with a generator needs a diagonal Gaussian or a Categorical, got {type(dist).__name__}")
 
 
 def load_policy(run_dir: Union[str, os.PathLike], checkpoint: Optional[Union[str, os.PathLike]] = None, *,

@@ -296,8 +296,9 @@ class Trainer:
                     ev_cfg = base.replace(start_seed=cfg.eval_start_seed, num_scenarios=n,
                                           traffic_density_range=None)
                     self._evaluator = md.ParallelEvaluator(ev_cfg, min(cfg.eval_workers or cfg.num_envs, n))
-                return self._evaluator.evaluate(lambda obs: policy.act(obs, deterministic=True), episodes=n,
-                                                start_seed=cfg.eval_start_seed)
+                # Row by row, as `ppo-core eval` does: the same episodes as a later eval of the checkpoint.
+                return self._evaluator.evaluate(policy.episode_actor(deterministic=True), episodes=n,
+                                                start_seed=cfg.eval_start_seed, keyed=True)
             result = evaluate(policy, self._env_source, episodes=n, seed=cfg.eval_start_seed,
                               env_kwargs=cfg.env_kwargs)
             result.pop("returns", None)
