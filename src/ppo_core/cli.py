@@ -146,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--gif", metavar="PATH", help="MetaDrive: also write a top-down GIF of scenario S")
     e.add_argument("--workers", type=_positive_int, metavar="W",
                    help="MetaDrive: evaluation worker processes (default: one per core)")
+    e.add_argument("--torch-threads", type=_positive_int, metavar="T",
+                   help="torch's intra-op threads (default: the run's torch_threads, as in training)")
     e.add_argument("--episodes-out", metavar="FILE",
                    help="MetaDrive: write one JSON line per episode (scenario, success, crash, out_of_road, "
                         "route_completion, return, length) to FILE")
@@ -321,7 +323,7 @@ def _eval(args: argparse.Namespace) -> int:
     # simulator workers for the same cores and makes evaluation slower, not faster.
     import torch
 
-    torch.set_num_threads(policy.config.torch_threads)
+    torch.set_num_threads(args.torch_threads or policy.config.torch_threads)
     torch.manual_seed(args.seed)  # the action samples of --stochastic
     env_id = args.env or policy.config.env_id
     md_only = {**_metadrive_flags(args), **{k: v for k, v in (("gif", args.gif), ("workers", args.workers),
