@@ -718,3 +718,81 @@ def test_episode_actor_rows_do_not_depend_on_the_batching(tmp_path):
     other_seed = policy.episode_actor(False, seed=2)(obs, keys)
     assert not np.array_equal(first, other_seed)
     np.testing.assert_array_equal(policy.episode_actor(True)(obs, keys), np.stack([policy.act(o[None])[0] for o in obs]))
+
+
+# -- one owner per run; damaged checkpoints ------------------------------------------
+
+
+def test_a_run_has_one_trainer_at_a_time(tmp_path, capsys):
+    seen = []
+
+    def second_trainer(trainer, row):  # runs while the first trainer owns the run
+        if row["update"] == 1:
+            with pytest.raises(T.RunDirError, match=rf"in use by another trainer \(process {os.getpid()}\)"):
+                T.Trainer(_small(total_steps=128), tmp_path / "run")
+            seen.append(cli.main(["train", "--resume", str(tmp_path / "run"), "--total-steps", "64", "--quiet"]))
+            seen.append(capsys.readouterr().err)
+
+    first = T.Trainer(_small(total_steps=128), tmp_path / "run", callbacks=[second_trainer])
+    first.train()  # still the owner: the refused attempts wrote nothing
+    code, err = seen
+    assert code == 1 and "in use by another trainer" in err and len(err.strip().splitlines()) == 1
+    assert [int(r["step"]) for r in read_metrics(tmp_path / "run" / "metrics.csv")] == [64, 128]
+    resumed = T.Trainer.resume(tmp_path / "run", total_steps=192)  # closed: free again
+    resumed.train()
+    assert [int(r["step"]) for r in read_metrics(tmp_path / "run" / "metrics.csv")] == [64, 128, 192]
+
+
+def test_a_killed_trainer_leaves_no_stale_lock(tmp_path):
+    from ppo_core.train.runlock import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    code = ("import os, signal, sys; from ppo_core.train.runlock import RunLock; "
+            f"RunLock({str(run)!r}).acquire(); print('held', flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL and "held" in proc.stdout
+    lock = RunLock(run)
+    lock.acquire()  # the kernel released the dead holder's lock
+    assert lock.held
+    lock.release()
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty", "not_a_checkpoint", "fifo"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_good_one(tmp_path, caplog, damage):
+    run = tmp_path / "run"
+    T.train(_small(total_steps=128), run)
+    good, newest = ckpt.list_checkpoints(run)
+    if damage == "fifo":
+        newest.unlink()
+        fifo = newest.with_name("step_000000000999.pt")
+        os.mkfifo(fifo)
+    elif damage == "random":
+        with open(newest, "r+b") as f:
+            f.seek(100)
+            f.write(os.urandom(5000))
+    elif damage == "truncated":
+        with open(newest, "r+b") as f:
+            f.truncate(newest.stat().st_size // 2)
+    elif damage == "empty":
+        newest.write_bytes(b"")
+    else:
+        torch.save({"hello": 1}, newest)
+    with caplog.at_level(logging.WARNING, logger="ppo_core.train"):
+        policy = T.load_policy(run)
+        trainer = T.Trainer.resume(run, total_steps=192)
+    assert policy.step == 64 and trainer.global_step == 64
+    trainer.close()
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert (damage == "fifo") or (newest.name in warned and "trying the one before it" in warned)
+    assert "weights_only=False" not in warned
+
+
+def test_no_loadable_checkpoint_is_one_error_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    T.train(_small(total_steps=128), run)
+    for path in ckpt.list_checkpoints(run):
+        path.write_bytes(b"garbage")
+    code = cli.main(["eval", str(run), "--episodes", "1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "none of its 2 checkpoint(s) loads" in err and len(err.strip().splitlines()) == 1

@@ -115,15 +115,20 @@ def load_policy(run_dir: Union[str, os.PathLike], checkpoint: Optional[Union[str
     """Load the latest (or the given) checkpoint of a run as a :class:`Policy`.
 
     ``policy_factory`` must be the one the run was trained with if it was not
-    the default MLP. Raises :class:`RunDirError` if ``run_dir`` is not a run or
-    holds no checkpoint.
+    the default MLP. Without ``checkpoint``, a damaged newest checkpoint is skipped
+    (with a warning) for the newest one that loads. Raises :class:`RunDirError` if
+    ``run_dir`` is not a run or holds no checkpoint that loads.
     """
     if checkpoint is None:
         ckpt.load_run_config(run_dir)  # raises RunDirError with a clear message
-        checkpoint = ckpt.latest_checkpoint(run_dir)
-        if checkpoint is None:
+        if ckpt.latest_checkpoint(run_dir) is None:
             raise RunDirError(f"{run_dir} has no checkpoint yet")
-    state = ckpt.load_checkpoint(checkpoint)
+        checkpoint, state = ckpt.load_latest_valid_checkpoint(run_dir)  # skips damaged ones, with a warning
+    else:
+        try:
+            state = ckpt.load_checkpoint(checkpoint)
+        except Exception as e:
+            raise RunDirError(f"checkpoint {checkpoint} does not load: {ckpt.load_error_reason(e)}") from None
     config = PPOConfig.from_dict(state["config"], source=str(checkpoint))
     obs_space = space_from_dict(state["observation_space"])
     act_space = space_from_dict(state["action_space"])

@@ -12,18 +12,23 @@ Checkpoints hold only tensors and plain Python data, so they load with
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import stat
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 
 from .config import PPOConfig, load_config
 from .errors import RunDirError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "latest_checkpoint",
+__all__ = ["save_checkpoint", "load_checkpoint", "load_latest_valid_checkpoint", "list_checkpoints",
+           "latest_checkpoint",
            "config_path", "load_run_config", "is_run_dir"]
+
+logger = logging.getLogger("ppo_core.train")
 
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -51,11 +56,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def list_checkpoints(run_dir: Union[str, os.PathLike]) -> List[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Checkpoint files of a run, oldest first (regular files named ``step_<step>.pt`` only:
+    a FIFO or a directory of that name is never opened)."""
     ckpt_dir = Path(run_dir) / "checkpoints"
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir()
+             if (m := _NAME.match(p.name)) and stat.S_ISREG(p.stat().st_mode)]
     return [p for _, p in sorted(found)]
 
 
@@ -82,6 +89,46 @@ def save_checkpoint(run_dir: Union[str, os.PathLike], state: Dict[str, Any], ste
 def load_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint` (tensors and plain data only)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+#: Keys every checkpoint written by the trainer holds.
+_REQUIRED_KEYS = ("step", "update", "config", "observation_space", "action_space", "policy", "obs_normalizer")
+
+
+def load_error_reason(error: BaseException) -> str:
+    """One line saying why a checkpoint did not load (never advice to load it unsafely)."""
+    text = str(error).strip()
+    if "Weights only load failed" in text:
+        return "it holds objects other than tensors and plain data, which are never unpickled"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return first[:200]
+
+
+def load_latest_valid_checkpoint(run_dir: Union[str, os.PathLike]) -> Tuple[Path, Dict[str, Any]]:
+    """The newest checkpoint of ``run_dir`` that loads and holds a trainer's state.
+
+    A checkpoint that does not load (damaged, truncated, empty, not a checkpoint) is
+    skipped with a warning naming it, and the next older one is tried. Loading is
+    always ``weights_only``: a checkpoint is data, never code. Raises
+    :class:`RunDirError` (one line) when no checkpoint loads.
+    """
+    paths = list_checkpoints(run_dir)
+    if not paths:
+        raise RunDirError(f"{run_dir} has no checkpoint")
+    for path in reversed(paths):
+        try:
+            state = load_checkpoint(path)
+        except Exception as e:  # torch raises RuntimeError, pickle/zip/EOF errors, ...
+            reason = load_error_reason(e)
+            logger.warning("checkpoint %s does not load (%s); trying the one before it", path, reason)
+            continue
+        missing = [k for k in _REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            logger.warning("checkpoint %s is not a trainer checkpoint (missing %s); trying the one before it",
+                           path, ", ".join(missing))
+            continue
+        return path, state
+    raise RunDirError(f"{run_dir}: none of its {len(paths)} checkpoint(s) loads (newest: {paths[-1].name})")
 
 
 def config_path(run_dir: Union[str, os.PathLike]) -> Optional[Path]:

@@ -37,6 +37,7 @@ from .losses import POLICY_LOSSES, STATEFUL_POLICY_LOSSES, make_policy_loss
 from .normalize import ObsNormalizer, RewardScaler
 from .policies import make_mlp_policy, space_to_dict
 from .rollout import Rollout, RolloutCollector
+from .runlock import RunLock
 from .runlog import MetricsLog, plot_learning_curve
 
 __all__ = ["Trainer", "train", "UpdateCallback"]
@@ -130,6 +131,25 @@ class Trainer:
             raise ConfigError("no environment: set env_id in the config (or --env on the command line)")
         self.config = config
         self.run_dir = Path(run_dir)
+        # One owner per run: taken before anything is written, released by close().
+        created = not self.run_dir.exists()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = RunLock(self.run_dir)
+        try:
+            self._lock.acquire()
+            self._init(config, _resume_state, policy_factory, advantage_estimator, policy_loss, env_fn, callbacks)
+        except BaseException:
+            self._lock.release()
+            if created:  # a run that never started leaves no directory behind
+                self._lock.path.unlink(missing_ok=True)
+                try:
+                    self.run_dir.rmdir()
+                except OSError:
+                    pass
+            raise
+
+    def _init(self, config: PPOConfig, _resume_state: Optional[Dict[str, Any]], policy_factory: Any,
+              advantage_estimator: Any, policy_loss: Any, env_fn: Any, callbacks: Sequence[UpdateCallback]) -> None:
         if _resume_state is None and ckpt.list_checkpoints(self.run_dir):
             raise RunDirError(f"{self.run_dir} already holds a run; resume it with --resume or choose another --out")
         self.callbacks = list(callbacks)
@@ -210,10 +230,10 @@ class Trainer:
         config = ckpt.load_run_config(run_dir)
         if total_steps is not None:
             config = config.replace(total_steps=total_steps)
-        path = ckpt.latest_checkpoint(run_dir)
-        if path is None:
+        if ckpt.latest_checkpoint(run_dir) is None:
             raise RunDirError(f"{run_dir} has no checkpoint to resume from")
-        return cls(config, run_dir, _resume_state=ckpt.load_checkpoint(path), **kwargs)
+        _, state = ckpt.load_latest_valid_checkpoint(run_dir)  # skips damaged ones, with a warning
+        return cls(config, run_dir, _resume_state=state, **kwargs)
 
     @property
     def finished(self) -> bool:
@@ -503,6 +523,8 @@ class Trainer:
         if getattr(self, "metrics", None) is not None:
             self.metrics.close()
             self.metrics = None
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
 
     def learn(self, rollout: Rollout) -> Dict[str, float]:
         """One PPO update on ``rollout``: advantages, then minibatch epochs. Returns loss statistics."""
