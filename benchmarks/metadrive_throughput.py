@@ -33,6 +33,8 @@ VARIANTS: Dict[str, List[str]] = {
     "preset (2 envs)": [],
     "8 envs": ["num_envs = 8", "num_steps = 512"],
     "8 envs, 2 groups": ["num_envs = 8", "num_steps = 512", "env_groups = 2"],
+    "8 envs, 2 groups, 8 shards": ["num_envs = 8", "num_steps = 512", "env_groups = 2",
+                                   "[env_kwargs]", "scenario_shards = 8"],
 }
 
 

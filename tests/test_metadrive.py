@@ -274,3 +274,23 @@ def test_traffic_density_range_draws_a_density_per_reset(make_env):
     assert all(0.05 <= d <= 0.3 for d in densities) and len(set(densities)) == 4
     with pytest.raises(ValueError, match="traffic_density_range"):
         md.MetaDriveConfig(traffic_density_range=[0.3, 0.1])
+
+
+def test_scenario_shards_keep_each_env_on_its_share_of_the_maps():
+    cfg = SMALL.replace(scenario_shards=4)  # 10 scenarios: shards {0,4,8}, {1,5,9}, {2,6}, {3,7}
+    envs = [md.MetaDriveGymEnv(cfg, seed=100 + i) for i in range(4)]  # consecutive seeds: shards 0..3
+    assert sorted(s for e in envs for s in e.draw_scenarios) == list(range(10))
+    assert [e.draw_scenarios for e in envs] == [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]]
+    for e in envs:
+        e.close()
+    with pytest.raises(ValueError, match="scenario_shards"):
+        md.MetaDriveConfig(num_scenarios=3, scenario_shards=4)
+
+
+def test_sharded_resets_stay_in_the_shard(make_env):
+    env = make_env(SMALL.replace(scenario_shards=3, horizon=5), seed=7)  # shard 7 % 3 = 1: {1, 4, 7}
+    seen = set()
+    for seed in (123, None, None, None, None):
+        env.reset(seed=seed)
+        seen.add(env.current_scenario)
+    assert seen <= {1, 4, 7} and len(seen) >= 2

@@ -220,6 +220,12 @@ class MetaDriveConfig:
         preload_maps: Generate every map of the range when the engine starts
             (implies ``store_map``; slow start for large ranges).
         log_level: Level of MetaDrive's own logger ("MetaDrive").
+        scenario_shards: Split the range into this many shards, scenario ``s`` in shard
+            ``(s - start_seed) % scenario_shards``; an env built with seed ``k`` draws its
+            episodes (resets without a seed) from shard ``k % scenario_shards`` only. With
+            as many shards as workers and consecutive worker seeds (as every vector env
+            here gives), each worker builds and caches only its own share of the maps,
+            and every batch still covers the whole range. 1: no sharding.
         traffic_density_range: ``[low, high]``: every reset draws the episode's traffic
             density uniformly from this range (from the env's seeded generator) instead
             of using ``traffic_density``. A training option: evaluation always runs at
@@ -237,9 +243,14 @@ class MetaDriveConfig:
     preload_maps: bool = False
     log_level: int = logging.WARNING
     traffic_density_range: Optional[List[float]] = None
+    scenario_shards: int = 1
     overrides: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.scenario_shards, int) or isinstance(self.scenario_shards, bool) \
+                or not 1 <= self.scenario_shards <= self.num_scenarios:
+            raise ValueError(f"scenario_shards must be an integer in [1, num_scenarios={self.num_scenarios}], "
+                             f"got {self.scenario_shards!r}")
         if self.traffic_density_range is not None:
             r = self.traffic_density_range
             if (not isinstance(r, (list, tuple)) or len(r) != 2
@@ -253,7 +264,7 @@ class MetaDriveConfig:
             raise ValueError(f"start_seed must be >= 0, got {self.start_seed}")
         if self.horizon is not None and self.horizon < 1:
             raise ValueError(f"horizon must be >= 1 or None, got {self.horizon}")
-        if (self.store_map or self.preload_maps) and self.num_scenarios > _MANY_MAPS:
+        if (self.store_map or self.preload_maps) and self.num_scenarios / self.scenario_shards > _MANY_MAPS:
             logger.warning(
                 "store_map with %d scenarios: each worker may grow by ~%d MB as maps are cached; "
                 "consider store_map=False", self.num_scenarios, 5 * self.num_scenarios,
@@ -371,6 +382,10 @@ class MetaDriveGymEnv(gym.Env):
         )
         self._maps_preloaded = False
         self.current_scenario: Optional[int] = None
+        shards = self.config.scenario_shards
+        shard = 0 if seed is None else int(seed) % shards
+        #: The scenarios this env draws its unseeded resets from (its shard of the range).
+        self.draw_scenarios: List[int] = [s for s in self.config.scenarios if (s - self.config.start_seed) % shards == shard]
         if seed is not None:
             self._np_random, self._np_random_seed = gym.utils.seeding.np_random(seed)
 
@@ -385,9 +400,11 @@ class MetaDriveGymEnv(gym.Env):
 
         1. ``options={"scenario": k}``: exactly scenario ``k`` (must be in range).
         2. ``seed=s``: seeds this env's generator and selects scenario
-           :func:`scenario_for_seed` ``(s)`` (``s`` itself when in range).
-        3. neither: a uniformly random scenario of the range, drawn from this env's
-           generator (seeded by the last seed given, or the constructor's ``seed``).
+           :func:`scenario_for_seed` ``(s)`` (``s`` itself when in range); with
+           ``scenario_shards > 1``, scenario ``s mod (shard size)`` of this env's shard.
+        3. neither: a uniformly random scenario of the range (of this env's shard with
+           ``scenario_shards > 1``), drawn from this env's generator (seeded by the last
+           seed given, or the constructor's ``seed``).
 
         Other ``options`` keys are ignored (gymnasium's vector envs pass options).
         """
@@ -397,10 +414,14 @@ class MetaDriveGymEnv(gym.Env):
             scenario = int(options["scenario"])
             if scenario not in cfg.scenarios:
                 raise ValueError(f"scenario {scenario} outside [{cfg.start_seed}, {cfg.scenarios.stop})")
-        elif seed is not None:
+        elif seed is not None and cfg.scenario_shards == 1:
             scenario = scenario_for_seed(seed, cfg.start_seed, cfg.num_scenarios)
-        else:
+        elif seed is not None:  # stay in the shard: the env caches only its own maps
+            scenario = self.draw_scenarios[int(seed) % len(self.draw_scenarios)]
+        elif cfg.scenario_shards == 1:
             scenario = cfg.start_seed + int(self.np_random.integers(cfg.num_scenarios))
+        else:
+            scenario = self.draw_scenarios[int(self.np_random.integers(len(self.draw_scenarios)))]
         if cfg.preload_maps and not self._maps_preloaded:
             self._preload_maps()
         if cfg.traffic_density_range is not None:
