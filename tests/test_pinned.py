@@ -46,8 +46,9 @@ def test_cartpole_run_is_pinned(tmp_path):
 
 def test_metadrive_run_is_pinned(tmp_path):
     pytest.importorskip("metadrive")
-    cfg = T.preset().replace(num_envs=2, num_steps=64, total_steps=384, num_minibatches=2, update_epochs=2,
-                             hidden_sizes=[32, 32], eval_every_steps=0, seed=3,
+    cfg = T.preset().replace(num_envs=2, env_groups=1, async_envs=True, num_steps=64, total_steps=384, num_minibatches=2, update_epochs=2,
+                             hidden_sizes=[32, 32], eval_every_steps=0, seed=3, learning_rate=3e-4, anneal_lr=True,
+                             gamma=0.99, lam=0.95, clip_coef=0.2, vf_clip_coef=0.0, ent_coef=0.0, init_log_std=-0.5,
                              env_kwargs={"num_scenarios": 5, "start_seed": 0, "traffic_density": 0.1,
                                          "horizon": 50})
     T.train(cfg, tmp_path / "run")

@@ -796,3 +796,35 @@ def test_no_loadable_checkpoint_is_one_error_line(tmp_path, capsys):
     code = cli.main(["eval", str(run), "--episodes", "1"])
     err = capsys.readouterr().err
     assert code == 1 and "none of its 2 checkpoint(s) loads" in err and len(err.strip().splitlines()) == 1
+
+
+def test_expected_clipped_action_is_the_mean_of_the_clipped_gaussian():
+    from ppo_core.train.policies import expected_clipped_action
+
+    mean = torch.tensor([[0.0, 0.5, 1.3, -2.7, 0.99]], dtype=torch.float64)
+    std = torch.tensor([[0.3, 0.35, 0.35, 0.3, 1e-9]], dtype=torch.float64)
+    low, high = np.full(5, -1.0), np.full(5, 1.0)
+    got = expected_clipped_action(mean, std, low, high)
+    g = torch.Generator().manual_seed(0)
+    samples = (mean + std * torch.randn((400_000, 5), generator=g, dtype=torch.float64)).clamp(-1, 1)
+    # Monte Carlo with 4e5 samples: standard error below 0.35 / 632 = 6e-4
+    torch.testing.assert_close(got, samples.mean(0, keepdim=True), rtol=0, atol=3e-3)
+    assert abs(got[0, 0]) < 1e-12 and got[0, 4] == pytest.approx(0.99)  # symmetric; std -> 0 gives the mean
+    assert 0.9 < got[0, 2] < 0.99 and got[0, 3] == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_deterministic_action_setting_chooses_what_the_policy_sends(tmp_path):
+    T.train(_small(env_id="Pendulum-v1", total_steps=64, init_log_std=0.5, deterministic_action="expected"),
+            tmp_path / "run")
+    policy = T.load_policy(tmp_path / "run")
+    obs = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
+    with torch.no_grad():
+        dist, _ = policy.net(torch.from_numpy(policy.obs_normalizer(obs)))
+    from ppo_core.train.policies import expected_clipped_action
+
+    expected = expected_clipped_action(dist.base_dist.loc, dist.base_dist.scale, np.array([-2.0]), np.array([2.0]))
+    np.testing.assert_allclose(policy.act(obs), expected.numpy(), rtol=1e-6)
+    policy.deterministic_action = "mean"
+    np.testing.assert_allclose(policy.act(obs), dist.base_dist.loc.clamp(-2, 2).numpy(), rtol=1e-6)
+    with pytest.raises(T.ConfigError, match="deterministic_action"):
+        _small(deterministic_action="median")

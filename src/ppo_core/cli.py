@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
                    help="environment seed of gymnasium envs, and torch's seed for --stochastic (default 0)")
     e.add_argument("--stochastic", action="store_true", help="sample actions instead of the mean / arg-max")
+    e.add_argument("--deterministic-action", choices=("mean", "expected"),
+                   help="Box actions: the clipped mean, or the mean of the clipped Gaussian E[clip(a)] "
+                        "(default: the run's deterministic_action)")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     _add_metadrive_options(e, scenario_help="size of the evaluation range (default: N, each scenario once)",
                            start_help="first evaluation scenario (default 10000, unseen in training)")
@@ -319,6 +322,8 @@ def _eval(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
         raise CLIError(f"--checkpoint {args.checkpoint}: no such file", code=1)
     policy = T.load_policy(args.run_dir, args.checkpoint)
+    if args.deterministic_action is not None:
+        policy.deterministic_action = args.deterministic_action
     # As in training: torch's own default pool (one thread per core) competes with the
     # simulator workers for the same cores and makes evaluation slower, not faster.
     import torch
@@ -395,7 +400,8 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
     per_episode = result.pop("per_episode")
     if args.episodes_out:
         _write_jsonl(args.episodes_out, [{key: e[key] for key in md.EPISODE_KEYS} for e in per_episode])
-    result.update(env_id=env_id, step=policy.step, deterministic=deterministic, start_seed=start,
+    result.update(env_id=env_id, step=policy.step, deterministic=deterministic,
+                  deterministic_action=policy.deterministic_action if deterministic else None, start_seed=start,
                   num_scenarios=k, traffic_density=base.traffic_density, horizon=base.horizon,
                   seconds=round(time.monotonic() - t0, 2))
     if args.gif:

@@ -16,7 +16,7 @@ from .config import PPOConfig
 from .envs import episode_metrics_fns, make_vector_env
 from .errors import RunDirError
 from .normalize import ObsNormalizer
-from .policies import env_action, make_mlp_policy, space_from_dict
+from .policies import env_action, expected_clipped_action, make_mlp_policy, space_from_dict
 
 __all__ = ["Policy", "load_policy", "evaluate"]
 
@@ -37,13 +37,17 @@ class Policy:
         self.action_space = action_space
         self.config = config
         self.step = step
+        self.deterministic_action = config.deterministic_action
+        """``"mean"``: the deterministic action is the clipped mean; ``"expected"``: the mean of
+        the clipped Gaussian, E[clip(a)] (:func:`~.policies.expected_clipped_action`)."""
 
     @torch.no_grad()
     def act(self, obs: Any, deterministic: bool = True, generator: Optional[torch.Generator] = None) -> np.ndarray:
         """Actions for one observation (shape ``obs_shape``) or a batch (``(B, *obs_shape)``).
 
         Deterministic: the distribution's mode (arg-max for discrete actions,
-        the mean for Gaussian ones); otherwise a sample, drawn from ``generator`` when
+        the mean for Gaussian ones; with ``deterministic_action == "expected"`` the mean
+        of the clipped Gaussian, E[clip(a)]); otherwise a sample, drawn from ``generator`` when
         one is given (torch's global generator otherwise). Box actions are clipped
         to the action space's bounds. Returns one action or a ``(B, ...)`` array.
         """
@@ -56,7 +60,11 @@ class Policy:
             raise ValueError(f"act: expected an observation of shape {shape} or a batch (B, *{shape}), "
                              f"got shape {obs.shape}")
         dist, _ = self.net(torch.from_numpy(self.obs_normalizer(obs)))
-        if deterministic:
+        base = getattr(dist, "base_dist", None)
+        if deterministic and self.deterministic_action == "expected" and isinstance(base, Normal) \
+                and isinstance(self.action_space, gymnasium.spaces.Box):
+            action = expected_clipped_action(base.loc, base.scale, self.action_space.low, self.action_space.high)
+        elif deterministic:
             action = dist.mode
         elif generator is None:
             action = dist.sample()

@@ -139,6 +139,12 @@ class PPOConfig:
     kl_target: float = 0.01
     """``policy_loss = "kl_penalty"``: the KL per update that the coefficient's adaptation aims at."""
 
+    deterministic_action: str = "mean"
+    """Box actions: what the deterministic policy (evaluation, ``load_policy(...).act``) sends:
+    ``mean``, the Gaussian's mean clipped to the bounds, or ``expected``, the mean of the
+    clipped Gaussian E[clip(a)], the average of what the sampled policy sends (it differs
+    where the mean lies near or beyond a bound)."""
+
     torch_threads: int = 1
     """Threads of torch's intra-op pool; 1 suits small MLPs on a 2-core machine and leaves a core to the envs."""
 
@@ -227,6 +233,9 @@ class PPOConfig:
         ):
             raise ConfigError(f"config key 'hidden_sizes' must be a non-empty list of positive ints, "
                               f"got {self.hidden_sizes!r}")
+        if self.deterministic_action not in ("mean", "expected"):
+            raise ConfigError(f"config key 'deterministic_action' must be 'mean' or 'expected', "
+                              f"got {self.deterministic_action!r}")
         if self.activation not in ("tanh", "relu"):
             raise ConfigError(f"config key 'activation' must be 'tanh' or 'relu', got {self.activation!r}")
         if self.env_id.lower().startswith("metadrive"):

@@ -32,6 +32,7 @@ __all__ = [
     "space_to_dict",
     "space_from_dict",
     "env_action",
+    "expected_clipped_action",
 ]
 
 
@@ -163,6 +164,25 @@ def space_from_dict(data: Dict[str, Any]) -> gymnasium.Space:
         high=np.asarray(data["high"], data["dtype"]).reshape(data["shape"]),
         dtype=np.dtype(data["dtype"]),
     )
+
+
+def expected_clipped_action(mean: torch.Tensor, std: torch.Tensor, low: np.ndarray, high: np.ndarray) -> torch.Tensor:
+    """E[clip(a, low, high)] for a ~ N(mean, std²), per dimension: the mean of the action the env receives.
+
+    With α = (low − μ)/σ, β = (high − μ)/σ, Φ and φ the standard normal cdf and density:
+    E = low·Φ(α) + high·(1 − Φ(β)) + μ·(Φ(β) − Φ(α)) − σ·(φ(β) − φ(α)).
+    When μ lies outside the bounds (an unbounded Gaussian's mean drifts there freely, since
+    every sample beyond a bound is the same action to the env), clip(μ) is the bound itself,
+    while this is what the sampled policy does on average.
+    """
+    mean64, std64 = mean.double(), std.double().clamp_min(1e-12)
+    lo = torch.as_tensor(low, dtype=torch.float64).expand_as(mean64)
+    hi = torch.as_tensor(high, dtype=torch.float64).expand_as(mean64)
+    alpha, beta = (lo - mean64) / std64, (hi - mean64) / std64
+    cdf_a, cdf_b = torch.special.ndtr(alpha), torch.special.ndtr(beta)
+    pdf = lambda x: torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # noqa: E731
+    out = lo * cdf_a + hi * (1 - cdf_b) + mean64 * (cdf_b - cdf_a) - std64 * (pdf(beta) - pdf(alpha))
+    return torch.minimum(torch.maximum(out, lo), hi).to(mean.dtype)
 
 
 def env_action(action: torch.Tensor, action_space: gymnasium.Space) -> np.ndarray:

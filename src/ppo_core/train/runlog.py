@@ -124,45 +124,57 @@ def _running_mean(xs: Sequence[float], window: int) -> List[float]:
     return out
 
 
+def _has(values: Sequence[float]) -> bool:
+    return any(not math.isnan(x) for x in values)
+
+
 def plot_learning_curve(rows: Sequence[Dict[str, str]], path: os.PathLike, title: str = "") -> None:
-    """Draw episode return (with held-out success, when evaluated) and losses against steps
-    into ``path`` (PNG, Agg, written atomically)."""
+    """Draw the run's progress against steps into ``path`` (PNG, Agg, written atomically).
+
+    Top: training episode return (and held-out return for envs without a success flag).
+    Middle, for envs that report outcomes (MetaDrive): training success (running mean
+    over 10 updates) and held-out success with its 95% Wilson interval, and held-out
+    route completion. Bottom: losses.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     steps = _floats(rows, "step")
-    fig = Figure(figsize=(8, 6))
+    evals = [r for r in rows if r.get("eval_step")]
+    eval_steps = _floats(evals, "eval_step")
+    train_success = _floats(rows, "train_success_rate")
+    eval_success = _floats(evals, "eval_success_rate")
+    rates = _has(train_success) or _has(eval_success)
+    fig = Figure(figsize=(8, 8.5 if rates else 6))
     FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(2, 1, sharex=True)
-    ax1.plot(steps, _floats(rows, "episode_return"), color="tab:blue")
-    ax1.set_ylabel("episode return\n(mean of last 20)")
+    axes = fig.subplots(3 if rates else 2, 1, sharex=True)
+    ax1, ax2 = axes[0], axes[-1]
+    ax1.plot(steps, _floats(rows, "episode_return"), color="tab:blue", label="training return (last 20 episodes)")
+    ax1.set_ylabel("episode return")
     ax1.grid(alpha=0.3)
     if title:
         ax1.set_title(title)
-    evals = [r for r in rows if r.get("eval_step")]
-    if evals:
-        eval_steps = _floats(evals, "eval_step")
-        success = _floats(evals, "eval_success_rate")
-        ax3 = ax1.twinx()
-        if not all(math.isnan(x) for x in success):
+    if evals and not _has(eval_success):  # envs without a success flag: held-out return
+        ax1.plot(eval_steps, _floats(evals, "eval_mean_return"), "o-", color="tab:orange",
+                 label="held-out return (deterministic)")
+    ax1.legend(loc="lower right", fontsize="small")
+    if rates:
+        ax3 = axes[1]
+        if _has(train_success):
+            ax3.plot(steps, _running_mean(train_success, 10), color="tab:red", lw=1, alpha=0.8,
+                     label="training success (sampled actions, last 10 updates)")
+        if _has(eval_success):
             low, high = _floats(evals, "eval_success_rate_low"), _floats(evals, "eval_success_rate_high")
-            if not all(math.isnan(x) for x in low):
+            if _has(low):
                 n = evals[-1].get("eval_episodes") or "?"
                 ax3.fill_between(eval_steps, low, high, color="tab:orange", alpha=0.2,
                                  label=f"95% interval ({n} episodes)")
-            ax3.plot(eval_steps, success, "o-", color="tab:orange", label="held-out success")
+            ax3.plot(eval_steps, eval_success, "o-", color="tab:orange", label="held-out success (deterministic)")
             ax3.plot(eval_steps, _floats(evals, "eval_route_completion"), "s--", color="tab:green",
                      alpha=0.7, label="held-out route completion")
-            train_success = _floats(rows, "train_success_rate")
-            if not all(math.isnan(x) for x in train_success):
-                ax3.plot(steps, _running_mean(train_success, 10), color="tab:red", lw=1, alpha=0.8,
-                         label="training success (last 10 updates)")
-            ax3.set_ylim(-0.02, 1.02)
-            ax3.set_ylabel("held-out success rate")
-        else:  # envs without a success flag: held-out return on the return axis' twin
-            ax3.plot(eval_steps, _floats(evals, "eval_mean_return"), "o-", color="tab:orange",
-                     label="held-out return (deterministic)")
-            ax3.set_ylabel("held-out return")
+        ax3.set_ylim(-0.02, 1.02)
+        ax3.set_ylabel("success rate")
+        ax3.grid(alpha=0.3)
         ax3.legend(loc="lower right", fontsize="small")
     ax2.plot(steps, _floats(rows, "policy_loss"), label="policy loss")
     ax2.plot(steps, _floats(rows, "value_loss"), label="value loss")
