@@ -65,6 +65,22 @@ def final_info_of(info: Dict[str, Any], i: int) -> Dict[str, Any]:
             if not k.startswith("_") and (f"_{k}" not in batched or batched[f"_{k}"][i])}
 
 
+class _Buffers:
+    """The time-major arrays of one rollout being filled, and its finished episodes."""
+
+    def __init__(self, T: int, N: int, obs_shape: tuple) -> None:
+        self.obs = torch.zeros((T, N, *obs_shape), dtype=torch.float32)
+        self.values = torch.zeros((T, N))
+        self.log_probs = torch.zeros((T, N))
+        self.rewards = torch.zeros((T, N))
+        self.terminated = torch.zeros((T, N), dtype=torch.bool)
+        self.truncated = torch.zeros((T, N), dtype=torch.bool)
+        self.final_values = torch.zeros((T, N))
+        self.ep_returns: List[float] = []
+        self.ep_lengths: List[int] = []
+        self.ep_metrics: List[Dict[str, Any]] = []
+
+
 class RolloutCollector:
     """Steps a vector env with a policy and fills :class:`Rollout` s.
 
@@ -119,17 +135,11 @@ class RolloutCollector:
         if isinstance(self.envs, EnvGroups):
             return self._collect_pipelined(num_steps)
         T, N = num_steps, self.num_envs
-        obs_buf = torch.zeros((T, N, *self.raw_obs.shape[1:]), dtype=torch.float32)
-        values = torch.zeros((T, N))
-        log_probs = torch.zeros((T, N))
-        rewards = torch.zeros((T, N))
-        terminated = torch.zeros((T, N), dtype=torch.bool)
-        truncated = torch.zeros((T, N), dtype=torch.bool)
-        final_values = torch.zeros((T, N))
+        b = _Buffers(T, N, self.raw_obs.shape[1:])
+        obs_buf, values, log_probs, rewards = b.obs, b.values, b.log_probs, b.rewards
+        terminated, truncated, final_values = b.terminated, b.truncated, b.final_values
         actions: Optional[torch.Tensor] = None
-        ep_returns: List[float] = []
-        ep_lengths: List[int] = []
-        ep_metrics: List[Dict[str, Any]] = []
+        ep_returns, ep_lengths, ep_metrics = b.ep_returns, b.ep_lengths, b.ep_metrics
         start = time.perf_counter()
         env_time = 0.0
         try:
@@ -179,15 +189,8 @@ class RolloutCollector:
             self.timings["env"] += env_time
             self.timings["inference"] += time.perf_counter() - start - env_time
 
-        last_values = self._value(self.raw_obs)
-        next_values = ppo_torch.next_values_from(
-            values, last_values, final_values=final_values, done=terminated | truncated
-        )
-        self.recent_returns.extend(ep_returns)
-        self.recent_lengths.extend(ep_lengths)
         assert actions is not None
-        return Rollout(obs_buf, actions, log_probs, values, rewards, terminated, truncated, next_values,
-                       ep_returns, ep_lengths, ep_metrics)
+        return self._finish(b, actions)
 
     @torch.no_grad()
     def _collect_pipelined(self, num_steps: int) -> Rollout:
@@ -202,17 +205,11 @@ class RolloutCollector:
         """
         envs: EnvGroups = self.envs  # type: ignore[assignment]
         T, N = num_steps, self.num_envs
-        obs_buf = torch.zeros((T, N, *self.raw_obs.shape[1:]), dtype=torch.float32)
-        values = torch.zeros((T, N))
-        log_probs = torch.zeros((T, N))
-        rewards = torch.zeros((T, N))
-        terminated = torch.zeros((T, N), dtype=torch.bool)
-        truncated = torch.zeros((T, N), dtype=torch.bool)
-        final_values = torch.zeros((T, N))
+        b = _Buffers(T, N, self.raw_obs.shape[1:])
+        obs_buf, values, log_probs, rewards = b.obs, b.values, b.log_probs, b.rewards
+        terminated, truncated, final_values = b.terminated, b.truncated, b.final_values
         actions: Optional[torch.Tensor] = None
-        ep_returns: List[float] = []
-        ep_lengths: List[int] = []
-        ep_metrics: List[Dict[str, Any]] = []
+        ep_returns, ep_lengths, ep_metrics = b.ep_returns, b.ep_lengths, b.ep_metrics
         start = time.perf_counter()
         env_time = 0.0
 
@@ -274,15 +271,19 @@ class RolloutCollector:
             self.timings["env"] += env_time
             self.timings["inference"] += time.perf_counter() - start - env_time
 
+        assert actions is not None
+        return self._finish(b, actions)
+
+    def _finish(self, b: "_Buffers", actions: torch.Tensor) -> Rollout:
+        """Bootstrap the rollout's end with V(last observations) and hand it out."""
         last_values = self._value(self.raw_obs)
         next_values = ppo_torch.next_values_from(
-            values, last_values, final_values=final_values, done=terminated | truncated
+            b.values, last_values, final_values=b.final_values, done=b.terminated | b.truncated
         )
-        self.recent_returns.extend(ep_returns)
-        self.recent_lengths.extend(ep_lengths)
-        assert actions is not None
-        return Rollout(obs_buf, actions, log_probs, values, rewards, terminated, truncated, next_values,
-                       ep_returns, ep_lengths, ep_metrics)
+        self.recent_returns.extend(b.ep_returns)
+        self.recent_lengths.extend(b.ep_lengths)
+        return Rollout(b.obs, actions, b.log_probs, b.values, b.rewards, b.terminated, b.truncated, next_values,
+                       b.ep_returns, b.ep_lengths, b.ep_metrics)
 
     def state_dict(self) -> dict:
         return {"recent_returns": list(self.recent_returns), "recent_lengths": list(self.recent_lengths)}
