@@ -828,3 +828,17 @@ def test_deterministic_action_setting_chooses_what_the_policy_sends(tmp_path):
     np.testing.assert_allclose(policy.act(obs), dist.base_dist.loc.clamp(-2, 2).numpy(), rtol=1e-6)
     with pytest.raises(T.ConfigError, match="deterministic_action"):
         _small(deterministic_action="median")
+
+
+def test_scenario_shards_must_divide_the_workers():
+    with pytest.raises(T.ConfigError, match="scenario_shards"):
+        T.preset().replace(num_envs=4, env_kwargs={"num_scenarios": 100, "scenario_shards": 8})
+    assert T.preset().replace(num_envs=8, env_kwargs={"num_scenarios": 100, "scenario_shards": 4}).num_envs == 8
+
+
+def test_expected_clipped_action_with_unbounded_dimensions():
+    from ppo_core.train.policies import expected_clipped_action
+
+    got = expected_clipped_action(torch.tensor([[0.3, 2.0]]), torch.tensor([[0.5, 0.5]]),
+                                  np.array([-np.inf, -1.0]), np.array([np.inf, 1.0]))
+    assert torch.isfinite(got).all() and got[0, 0].item() == pytest.approx(0.3, abs=1e-6)

@@ -376,10 +376,10 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
     _setup_logging()
     # Options not given follow the run's env_kwargs, except the scenario range, which
     # defaults to unseen scenarios: S = 10000, K = N (each scenario once).
-    # Training-only randomization (traffic_density_range) is dropped: evaluation runs at
+    # Training-only options (traffic_density_range, scenario_shards) are dropped: evaluation runs at
     # a fixed density, the run's traffic_density unless --traffic-density says otherwise.
     kwargs = {k: v for k, v in policy.config.env_kwargs.items()
-              if k not in ("start_seed", "num_scenarios", "traffic_density_range")}
+              if k not in ("start_seed", "num_scenarios", "traffic_density_range", "scenario_shards")}
     kwargs.update(_metadrive_flags(args, ("traffic_density", "horizon")))
     n = args.episodes
     start = md.EVAL_START_SEED if args.start_seed is None else args.start_seed

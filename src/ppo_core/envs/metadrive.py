@@ -736,7 +736,8 @@ class ParallelEvaluator:
             act_fn: Batched policy.
             scenarios: Scenario indices (inside the config's range).
             on_frame: With ``render=True``: called as ``on_frame(episode_index, frame)``.
-            keyed: Call ``act_fn(obs, keys)`` with the scenario of each row as its key
+            keyed: Call ``act_fn(obs, keys)`` with each row's episode index (its place in
+                ``scenarios``) as its key
                 (e.g. :meth:`ppo_core.train.Policy.episode_actor`), so that a policy can
                 act per episode whatever the batching.
         """
@@ -766,7 +767,7 @@ class ParallelEvaluator:
             ids = sorted(obs)
             batch = np.stack([obs[w] for w in ids])
             if keyed:
-                actions = np.asarray(act_fn(batch, [scenarios[episode_of[w]] for w in ids]), dtype=np.float32)
+                actions = np.asarray(act_fn(batch, [episode_of[w] for w in ids]), dtype=np.float32)
             else:
                 actions = np.asarray(act_fn(batch), dtype=np.float32)
             if actions.shape[0] != len(ids):
@@ -851,7 +852,7 @@ def evaluate_policy(
         context: multiprocessing start method.
         return_episodes: Also return each episode's :func:`episode_metrics`, in
             scenario order, as ``per_episode``.
-        keyed: ``act_fn(obs, scenarios_of_rows)``, as in :meth:`ParallelEvaluator.run_episodes`.
+        keyed: ``act_fn(obs, episode_indices_of_rows)``, as in :meth:`ParallelEvaluator.run_episodes`.
 
     Returns:
         :func:`summarize_episodes` of the episodes: ``success_rate``, ``crash_rate``,
@@ -861,7 +862,7 @@ def evaluate_policy(
     base = config if config is not None else MetaDriveConfig()
     # Caching maps only pays when a scenario is visited twice; otherwise it only costs
     # memory (about 5 MB per map, measured).
-    cfg = base.replace(start_seed=start_seed, num_scenarios=num_scenarios,
+    cfg = base.replace(start_seed=start_seed, num_scenarios=num_scenarios, scenario_shards=1,
                        store_map=base.store_map and episodes > num_scenarios)
     workers = num_workers if num_workers is not None else (os.cpu_count() or 1)
     workers = max(1, min(workers, episodes))
@@ -905,7 +906,7 @@ def write_topdown_gif(
         render_kwargs: Extra arguments for MetaDrive's ``TopDownRenderer``
             (e.g. ``scaling``, ``film_size``, ``target_agent_heading_up``).
         context: multiprocessing start method.
-        keyed: ``act_fn(obs, scenarios_of_rows)``, as in :meth:`ParallelEvaluator.run_episodes`.
+        keyed: ``act_fn(obs, episode_indices_of_rows)``, as in :meth:`ParallelEvaluator.run_episodes`.
 
     Returns:
         The episode's :func:`episode_metrics`, plus ``frames`` (count) and ``path``.

@@ -80,7 +80,8 @@ class Policy:
         larger batch in the BLAS kernels, and a driving episode amplifies them), so an
         evaluation gives the same episodes with any number of workers. Stochastic: row
         ``i`` is sampled from a generator of its own episode, seeded by ``(seed,
-        episode_keys[i])``, so the samples do not depend on the batching either.
+        episode_keys[i])`` (the evaluator's episode index), so the samples do not depend on
+        the batching either.
         """
         generators: Dict[Any, torch.Generator] = {}
 

@@ -240,6 +240,10 @@ class PPOConfig:
             raise ConfigError(f"config key 'activation' must be 'tanh' or 'relu', got {self.activation!r}")
         if self.env_id.lower().startswith("metadrive"):
             _validate_metadrive_env_kwargs(self.env_kwargs)
+            shards = self.env_kwargs.get("scenario_shards", 1)
+            if _is_int(shards) and shards > 1 and self.num_envs % shards:
+                raise ConfigError(f"env_kwargs key 'scenario_shards' ({shards}) must divide num_envs "
+                                  f"({self.num_envs}): each shard needs the same number of workers")
 
     @property
     def batch_size(self) -> int:

@@ -181,7 +181,9 @@ def expected_clipped_action(mean: torch.Tensor, std: torch.Tensor, low: np.ndarr
     alpha, beta = (lo - mean64) / std64, (hi - mean64) / std64
     cdf_a, cdf_b = torch.special.ndtr(alpha), torch.special.ndtr(beta)
     pdf = lambda x: torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # noqa: E731
-    out = lo * cdf_a + hi * (1 - cdf_b) + mean64 * (cdf_b - cdf_a) - std64 * (pdf(beta) - pdf(alpha))
+    zero = torch.zeros_like(mean64)
+    tails = torch.where(torch.isfinite(lo), lo * cdf_a, zero) + torch.where(torch.isfinite(hi), hi * (1 - cdf_b), zero)
+    out = tails + mean64 * (cdf_b - cdf_a) - std64 * (pdf(beta) - pdf(alpha))
     return torch.minimum(torch.maximum(out, lo), hi).to(mean.dtype)
 
 

@@ -4,8 +4,9 @@ A trainer holds ``RUN_DIR/.lock`` (``fcntl.flock``, exclusive, non-blocking) fro
 it writes anything into the run until it is closed. A second trainer on the same run,
 or a resume of it, fails at once with :class:`~.errors.RunDirError` naming the process
 that holds it. The kernel releases a ``flock`` when the file descriptor's last holder
-exits, so a SIGKILLed trainer never leaves a stale lock; spawned worker processes do
-not inherit the descriptor.
+exits, so a SIGKILLed trainer never leaves a stale lock. Spawned workers (MetaDrive's)
+do not inherit the descriptor; forked ones (gymnasium's default ``AsyncVectorEnv`` on
+Linux) do, so a hung orphan of a killed trainer keeps the lock until it exits.
 """
 
 from __future__ import annotations

@@ -139,8 +139,9 @@ class Trainer:
             self._lock.acquire()
             self._init(config, _resume_state, policy_factory, advantage_estimator, policy_loss, env_fn, callbacks)
         except BaseException:
+            held = self._lock.held
             self._lock.release()
-            if created:  # a run that never started leaves no directory behind
+            if created and held:  # a run that never started leaves no directory behind (never another's)
                 self._lock.path.unlink(missing_ok=True)
                 try:
                     self.run_dir.rmdir()
@@ -314,7 +315,7 @@ class Trainer:
                     base = md.MetaDriveConfig.from_dict(cfg.env_kwargs)
                     # Held-out scenarios at the fixed traffic density, whatever training randomized.
                     ev_cfg = base.replace(start_seed=cfg.eval_start_seed, num_scenarios=n,
-                                          traffic_density_range=None)
+                                          traffic_density_range=None, scenario_shards=1)
                     self._evaluator = md.ParallelEvaluator(ev_cfg, min(cfg.eval_workers or cfg.num_envs, n))
                 # Row by row, as `ppo-core eval` does: the same episodes as a later eval of the checkpoint.
                 return self._evaluator.evaluate(policy.episode_actor(deterministic=True), episodes=n,
