@@ -166,6 +166,10 @@ def space_from_dict(data: Dict[str, Any]) -> gymnasium.Space:
     )
 
 
+def _normal_pdf(x: torch.Tensor) -> torch.Tensor:
+    return torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+
+
 def expected_clipped_action(mean: torch.Tensor, std: torch.Tensor, low: np.ndarray, high: np.ndarray) -> torch.Tensor:
     """E[clip(a, low, high)] for a ~ N(mean, std²), per dimension: the mean of the action the env receives.
 
@@ -180,10 +184,9 @@ def expected_clipped_action(mean: torch.Tensor, std: torch.Tensor, low: np.ndarr
     hi = torch.as_tensor(high, dtype=torch.float64).expand_as(mean64)
     alpha, beta = (lo - mean64) / std64, (hi - mean64) / std64
     cdf_a, cdf_b = torch.special.ndtr(alpha), torch.special.ndtr(beta)
-    pdf = lambda x: torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)  # noqa: E731
     zero = torch.zeros_like(mean64)
     tails = torch.where(torch.isfinite(lo), lo * cdf_a, zero) + torch.where(torch.isfinite(hi), hi * (1 - cdf_b), zero)
-    out = tails + mean64 * (cdf_b - cdf_a) - std64 * (pdf(beta) - pdf(alpha))
+    out = tails + mean64 * (cdf_b - cdf_a) - std64 * (_normal_pdf(beta) - _normal_pdf(alpha))
     return torch.minimum(torch.maximum(out, lo), hi).to(mean.dtype)
 
 

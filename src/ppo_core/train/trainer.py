@@ -317,7 +317,7 @@ class Trainer:
                     ev_cfg = base.replace(start_seed=cfg.eval_start_seed, num_scenarios=n,
                                           traffic_density_range=None, scenario_shards=1)
                     self._evaluator = md.ParallelEvaluator(ev_cfg, min(cfg.eval_workers or cfg.num_envs, n))
-                # Row by row, as `ppo-core eval` does: the same episodes as a later eval of the checkpoint.
+                # Row by row, as `ppo-core eval` does: the actions do not depend on how episodes are batched.
                 return self._evaluator.evaluate(policy.episode_actor(deterministic=True), episodes=n,
                                                 start_seed=cfg.eval_start_seed, keyed=True)
             result = evaluate(policy, self._env_source, episodes=n, seed=cfg.eval_start_seed,
