@@ -294,3 +294,81 @@ def test_sharded_resets_stay_in_the_shard(make_env):
         env.reset(seed=seed)
         seen.add(env.current_scenario)
     assert seen <= {1, 4, 7} and len(seen) >= 2
+
+
+def test_a_killed_eval_worker_is_replaced_and_its_episode_rerun():
+    import signal
+
+    cfg = SMALL.replace(start_seed=700, num_scenarios=4, horizon=40)
+    killed = []
+
+    with md.ParallelEvaluator(cfg, num_workers=2) as ev:
+        def straight_then_kill(obs):
+            if not killed and obs.shape[0] == 2:
+                killed.append(ev._procs[0].pid)
+                os.kill(ev._procs[0].pid, signal.SIGKILL)  # busy: mid-episode, a step command coming
+                ev._procs[0].join(timeout=10)
+            return np.tile(STRAIGHT, (obs.shape[0], 1))
+
+        episodes = ev.run_episodes(straight_then_kill, list(cfg.scenarios))
+        assert killed and ev.restarts == 1
+        assert ev._procs[0].pid != killed[0] and ev._procs[0].is_alive()
+        assert [e["scenario"] for e in episodes] == [700, 701, 702, 703]
+        assert all(e["length"] == 40 or e["success"] or e["crash"] or e["out_of_road"] for e in episodes)
+        # the replacement worker keeps serving later evaluations
+        again = ev.run_episodes(lambda obs: np.tile(STRAIGHT, (obs.shape[0], 1)), [701])
+        assert [e["scenario"] for e in again] == [701]
+
+
+def test_eval_workers_that_keep_dying_give_up_with_one_error():
+    import signal
+
+    cfg = SMALL.replace(start_seed=700, num_scenarios=2, horizon=40)
+    with md.ParallelEvaluator(cfg, num_workers=1, max_restarts=2) as ev:
+        def kill_every_time(obs):
+            os.kill(ev._procs[0].pid, signal.SIGKILL)
+            ev._procs[0].join(timeout=10)
+            return np.tile(STRAIGHT, (obs.shape[0], 1))
+
+        with pytest.raises(md.EvalWorkerError, match="gave up: workers failed 3 times"):
+            ev.run_episodes(kill_every_time, [700])
+        assert ev.restarts == 2
+
+
+def test_eval_gif_path_is_checked_before_any_episode_runs(tmp_path, capsys, monkeypatch):
+    torch = pytest.importorskip("torch")  # noqa: F841
+    from ppo_core import cli
+    from ppo_core import train as T
+
+    run = tmp_path / "run"
+    T.train(T.PPOConfig(env_id="metadrive", num_envs=1, num_steps=16, total_steps=16, num_minibatches=1,
+                        update_epochs=1, env_kwargs={"num_scenarios": 2, "horizon": 20}), run)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("episodes ran before the --gif path was checked")
+
+    monkeypatch.setattr(md, "evaluate_policy", must_not_run)
+    code = cli.main(["eval", str(run), "--episodes", "2", "--gif", str(afile / "sub" / "x.gif")])
+    err = capsys.readouterr().err
+    assert code == 1 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_gives_up_in_one_line_after_repeated_worker_failures(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    from ppo_core import cli
+    from ppo_core import train as T
+
+    run = tmp_path / "run"
+    T.train(T.PPOConfig(env_id="metadrive", num_envs=1, num_steps=16, total_steps=16, num_minibatches=1,
+                        update_epochs=1, env_kwargs={"num_scenarios": 2, "horizon": 20}), run)
+
+    def dying(*args, **kwargs):
+        raise md.EvalWorkerError("MetaDrive evaluation gave up: workers failed 4 times in one evaluation "
+                                 "(last: worker 0 died (exit code -9))")
+
+    monkeypatch.setattr(md, "evaluate_policy", dying)
+    code = cli.main(["eval", str(run), "--episodes", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and "gave up" in err and len(err.strip().splitlines()) == 1

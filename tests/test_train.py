@@ -842,3 +842,186 @@ def test_expected_clipped_action_with_unbounded_dimensions():
     got = expected_clipped_action(torch.tensor([[0.3, 2.0]]), torch.tensor([[0.5, 0.5]]),
                                   np.array([-np.inf, -1.0]), np.array([np.inf, 1.0]))
     assert torch.isfinite(got).all() and got[0, 0].item() == pytest.approx(0.3, abs=1e-6)
+
+
+# -- faults and bad inputs: one line, nothing on disk damaged --------------------------
+
+
+def _chattr(path, flag):
+    """``chattr +i/-i``; False where the file system or the user cannot (not root, no chattr)."""
+    try:
+        return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+def test_out_that_is_a_file_or_under_a_file_is_one_line(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("mine\n")
+    for out, match in ((afile, "is a file, not a folder"), (afile / "sub", "lies under a file")):
+        code, _, err = _run_cli(capsys, "train", "--env", "CartPole-v1", "--total-steps", "64", "--out", str(out))
+        assert code == 1 and match in err and len(err.strip().splitlines()) == 1
+    assert afile.read_text() == "mine\n"
+
+
+def test_out_in_an_immutable_folder_is_one_line(tmp_path, capsys):
+    imm = tmp_path / "imm"
+    imm.mkdir()
+    if not _chattr(imm, "+i"):
+        pytest.skip("chattr +i is not available here (needs root and a file system that has it)")
+    try:
+        for out in (imm / "run", imm):
+            code, _, err = _run_cli(capsys, "train", "--env", "CartPole-v1", "--total-steps", "64",
+                                    "--out", str(out))
+            assert code == 1 and "cannot write in run directory" in err and len(err.strip().splitlines()) == 1
+    finally:
+        _chattr(imm, "-i")
+    assert list(imm.iterdir()) == []
+
+
+def test_a_folder_that_holds_other_files_is_refused(tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.csv").write_text("someone else's\n")
+    (other / "learning_curve.png").write_bytes(b"\x89PNG")
+    code, _, err = _run_cli(capsys, "train", "--env", "CartPole-v1", "--total-steps", "64", "--out", str(other))
+    assert code == 1 and "is not empty and is not a run" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in other.iterdir()) == ["learning_curve.png", "metrics.csv"]  # no lock left either
+    assert (other / "metrics.csv").read_text() == "someone else's\n"
+    with pytest.raises(T.RunDirError, match="not empty"):
+        T.Trainer(_small(total_steps=64), other)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    T.train(_small(total_steps=64), empty)  # an empty folder is fine
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tmp_path, caplog):
+    run = tmp_path / "run"
+    trainer = T.Trainer(_small(total_steps=256, checkpoint_every=100), run)
+    trainer.close()  # like a SIGKILL before the first checkpoint: config.toml, metrics.csv, no checkpoint
+    partial = run / "checkpoints" / ".step_000000000064.pt.4242.tmp"
+    partial.parent.mkdir()
+    partial.write_bytes(b"half a checkpoint")
+    with pytest.raises(T.RunDirError, match="already holds a run; resume it"):
+        T.Trainer(_small(total_steps=256), run)
+    with caplog.at_level(logging.WARNING, logger="ppo_core.train"):
+        resumed = T.Trainer.resume(run, total_steps=128)
+    assert "no checkpoint yet; starting it over from step 0" in caplog.text
+    assert resumed.global_step == 0 and not partial.exists()
+    resumed.train()
+    assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == [64, 128]
+    assert ckpt.latest_checkpoint(run).name == "step_000000000128.pt"
+
+
+def test_partial_checkpoint_files_are_removed_on_resume(tmp_path):
+    run = tmp_path / "run"
+    T.train(_small(total_steps=64), run)
+    partial = run / "checkpoints" / ".step_000000000128.pt.999.tmp"
+    partial.write_bytes(b"cut")
+    T.Trainer.resume(run, total_steps=128).train()
+    assert not partial.exists() and [p.name for p in ckpt.list_checkpoints(run)][-1] == "step_000000000128.pt"
+
+
+def _write_fails_at_update(n, error):
+    def callback(trainer, row):
+        if row["update"] == n:
+            def fail(*args, **kwargs):
+                raise error
+            trainer.metrics.log = fail  # the next row's write fails, as on a read-only mount
+    return callback
+
+
+def test_a_run_directory_that_stops_taking_writes_keeps_its_data_and_resumes(tmp_path, capsys):
+    import errno
+
+    run = tmp_path / "run"
+    trainer = T.Trainer(_small(total_steps=256), run,
+                        callbacks=[_write_fails_at_update(2, OSError(errno.EROFS, "Read-only file system"))])
+    with pytest.raises(T.RunDirError) as info:
+        trainer.train()
+    message = str(info.value)
+    assert "Read-only file system" in message and f"ppo-core train --resume {run}" in message
+    assert "step_000000000128.pt" in message and len(message.splitlines()) == 1
+    assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == [64, 128]
+    T.Trainer.resume(run, total_steps=256).train()  # writable again: resume works
+    assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == [64, 128, 192, 256]
+
+
+def test_a_run_directory_made_immutable_mid_run_is_one_line_and_resumes(tmp_path, capsys):
+    run = tmp_path / "run"
+    made = []
+
+    def freeze(trainer, row):
+        if row["update"] == 1:
+            made.append(_chattr(run, "+i") and _chattr(run / "checkpoints", "+i"))
+
+    try:
+        code = None
+        config = _small(total_steps=256)
+        trainer = T.Trainer(config, run, callbacks=[freeze])
+        try:
+            trainer.train()
+        except T.RunDirError as e:
+            code, message = 1, str(e)
+    finally:
+        _chattr(run / "checkpoints", "-i")
+        _chattr(run, "-i")
+    if not made[0]:
+        pytest.skip("chattr +i is not available here (needs root and a file system that has it)")
+    assert code == 1 and "cannot write to run directory" in message and "--resume" in message
+    assert ckpt.latest_checkpoint(run).name == "step_000000000064.pt"
+    T.Trainer.resume(run, total_steps=256).train()
+    assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == [64, 128, 192, 256]
+
+
+def test_a_metrics_row_cut_short_by_a_failed_write_is_dropped_on_resume(tmp_path):
+    run = tmp_path / "run"
+    T.train(_small(total_steps=64), run)
+    with open(run / "metrics.csv", "a") as f:
+        f.write("12")  # a row cut short (disk full): its step field alone would read as step 12
+    T.Trainer.resume(run, total_steps=128).train()
+    assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == [64, 128]
+
+
+@pytest.mark.parametrize("setup, argv, match", [
+    ("random_config", ["--config", "g.toml"], "not UTF-8 text"),
+    (None, ["--env", "CartPole-v1", "--seed", "100000000000000000000000"], "must be below 2**63"),
+    ("bogus_kwarg", ["--config", "b.toml"], "env_kwargs key 'bogus': CartPole-v1 does not take it"),
+    ("huge_gamma", ["--config", "c.toml"], "config key 'gamma': expected a finite number"),
+    ("huge_clip", ["--config", "d.toml"], "config key 'clip_coef': expected a finite number"),
+])
+def test_bad_config_values_are_one_line(tmp_path, capsys, monkeypatch, setup, argv, match):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.toml").write_bytes(bytes(range(128, 256)) + os.urandom(172))
+    (tmp_path / "b.toml").write_text('env_id = "CartPole-v1"\nenv_kwargs = {bogus = 1}\n')
+    (tmp_path / "c.toml").write_text(f'env_id = "CartPole-v1"\ngamma = {10**400}\n')
+    (tmp_path / "d.toml").write_text(f'env_id = "CartPole-v1"\nclip_coef = {10**400}\n')
+    code, _, err = _run_cli(capsys, "train", *argv, "--total-steps", "64", "--out", str(tmp_path / "r"))
+    assert code in (1, 2) and match in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_integers_must_fit_a_toml_file():
+    with pytest.raises(T.ConfigError, match="'total_steps'.*out of range"):
+        _small(total_steps=2**63)
+    with pytest.raises(T.ConfigError, match="'seed' must be >= 0"):
+        _small(seed=-1)
+
+
+def test_a_checkpoint_never_chooses_a_module_to_import(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    T.train(_small(total_steps=64), run)
+    # A checkpoint whose env id names a module: evaluating it must not import that module.
+    for path in ckpt.list_checkpoints(run):
+        state = ckpt.load_checkpoint(path)
+        state["config"]["env_id"] = "planted_module_xyz:Evil-v0"
+        torch.save(state, path)
+    planted = tmp_path / "planted_module_xyz.py"
+    planted.write_text("open(__file__ + '.ran', 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, _, err = _run_cli(capsys, "eval", str(run), "--episodes", "1")
+    assert code == 1 and "a checkpoint never chooses code to run" in err and len(err.strip().splitlines()) == 1
+    assert "--env planted_module_xyz:Evil-v0" in err
+    assert not (tmp_path / "planted_module_xyz.py.ran").exists()
+    code, _, err = _run_cli(capsys, "eval", str(run), "--episodes", "1", "--env", "CartPole-v1")
+    assert code == 0

@@ -44,6 +44,8 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if value >= 2**63:  # what torch's generators and a config.toml hold
+        raise argparse.ArgumentTypeError(f"must be below 2**63, got {value}")
     return value
 
 
@@ -287,10 +289,7 @@ def _train(args: argparse.Namespace) -> int:
         if _is_metadrive(config.env_id):
             _require({"metadrive": "metadrive-simulator"}, "metadrive", "train --env metadrive")
         run_dir = args.out or _default_out(config.env_id, config.seed)
-        if ckpt.is_run_dir(run_dir) or ckpt.list_checkpoints(run_dir):
-            raise CLIError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                           f"or choose another --out", code=1)
-        trainer = T.Trainer(config, run_dir)
+        trainer = T.Trainer(config, run_dir)  # refuses a folder that holds a run or other files
 
     if not args.quiet:
         trainer.callbacks.append(_Progress(sys.stderr, trainer.config.num_updates * trainer.config.batch_size,
@@ -331,6 +330,11 @@ def _eval(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.torch_threads or policy.config.torch_threads)
     torch.manual_seed(args.seed)  # the action samples of --stochastic
     env_id = args.env or policy.config.env_id
+    if args.env is None and ":" in env_id:
+        # "module:Env" makes gymnasium import the module: code named by a checkpoint, which is data.
+        raise CLIError(f"{args.run_dir} names its env {env_id!r}, which imports the module "
+                       f"{env_id.partition(':')[0]!r}; a checkpoint never chooses code to run: "
+                       f"pass --env {env_id} to allow it", code=1)
     md_only = {**_metadrive_flags(args), **{k: v for k, v in (("gif", args.gif), ("workers", args.workers),
                                                               ("episodes_out", args.episodes_out))
                                             if v is not None}}
@@ -392,11 +396,17 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
     # Row by row, and sampled per episode: the same episodes with any --workers.
     act = policy.episode_actor(deterministic=deterministic, seed=args.seed)
 
+    # Output paths are checked before anything runs: a bad path never costs the simulation.
     if args.episodes_out:
         _check_writable(args.episodes_out, "--episodes-out")
+    if args.gif:
+        _check_creatable(args.gif, "--gif")
     t0 = time.monotonic()
-    result: Dict[str, Any] = md.evaluate_policy(act, base, episodes=n, start_seed=start, num_scenarios=k,
-                                                num_workers=args.workers, return_episodes=True, keyed=True)
+    try:
+        result: Dict[str, Any] = md.evaluate_policy(act, base, episodes=n, start_seed=start, num_scenarios=k,
+                                                    num_workers=args.workers, return_episodes=True, keyed=True)
+    except md.EvalWorkerError as e:
+        raise CLIError(str(e), code=1) from None
     per_episode = result.pop("per_episode")
     if args.episodes_out:
         _write_jsonl(args.episodes_out, [{key: e[key] for key in md.EPISODE_KEYS} for e in per_episode])
@@ -405,13 +415,23 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
                   num_scenarios=k, traffic_density=base.traffic_density, horizon=base.horizon,
                   seconds=round(time.monotonic() - t0, 2))
     if args.gif:
-        gif = md.write_topdown_gif(act, base, seed=start, path=args.gif, keyed=True)
+        try:
+            gif = md.write_topdown_gif(act, base, seed=start, path=args.gif, keyed=True)
+        except (md.EvalWorkerError, OSError) as e:  # the evaluation above is kept: print it, then fail
+            _print_metadrive_result(args, result, env_id, start, k, deterministic)
+            raise CLIError(f"--gif {args.gif}: {getattr(e, 'strerror', None) or e}", code=1) from None
         result["gif"] = {"path": gif["path"], "scenario": gif["scenario"], "frames": gif["frames"],
                          "success": gif["success"], "length": gif["length"]}
+    _print_metadrive_result(args, result, env_id, start, k, deterministic)
+    return 0
+
+
+def _print_metadrive_result(args: argparse.Namespace, result: Dict[str, Any], env_id: str, start: int, k: int,
+                            deterministic: bool) -> None:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{env_id} at step {policy.step}: {result['episodes']} episodes on scenarios "
+        print(f"{env_id} at step {result['step']}: {result['episodes']} episodes on scenarios "
               f"{start}..{start + k - 1} ({'deterministic' if deterministic else 'stochastic'} policy, "
               f"{result['seconds']:.0f} s)")
         for rate in md.RATE_FLAGS:
@@ -421,9 +441,8 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
         print(f"  route completion {result['route_completion']:.3f}")
         print(f"  return {result['mean_return']:.2f} ± {result['std_return']:.2f}  "
               f"mean length {result['mean_length']:.1f}")
-        if args.gif:
+        if "gif" in result:
             print(f"  GIF of scenario {start}: {args.gif}")
-    return 0
 
 
 def _check_writable(path: str, flag: str) -> None:
@@ -434,6 +453,24 @@ def _check_writable(path: str, flag: str) -> None:
         raise CLIError(f"{flag} {path}: folder {parent} does not exist", code=1)
     if not os.access(parent, os.W_OK):
         raise CLIError(f"{flag} {path}: folder {parent} is not writable", code=1)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise CLIError(f"{flag} {path}: file is not writable", code=1)
+
+
+def _check_creatable(path: str, flag: str) -> None:
+    """``path`` can be written, creating missing parent folders: the nearest existing
+    ancestor is a writable folder and nothing on the way is a file."""
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} {path}: is a directory", code=1)
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CLIError(f"{flag} {path}: {parent} is a file, not a folder", code=1)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path}: folder {parent} is not writable", code=1)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise CLIError(f"{flag} {path}: file is not writable", code=1)
 
 
 def _write_jsonl(path: str, records: List[Dict[str, Any]]) -> None:

@@ -52,6 +52,7 @@ __all__ = [
     "VALIDATION_START_SEED",
     "TEST_START_SEED",
     "EPISODE_KEYS",
+    "EvalWorkerError",
     "RATE_FLAGS",
     "MetaDriveConfig",
     "MetaDriveGymEnv",
@@ -621,6 +622,14 @@ def summarize_episodes(episodes: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
+class EvalWorkerError(RuntimeError):
+    """MetaDrive evaluation workers kept dying or failing: the evaluation gave up."""
+
+
+class _WorkerLost(Exception):
+    """An evaluation worker died or reported an error (internal: the evaluator replaces it)."""
+
+
 def _eval_worker(conn: multiprocessing.connection.Connection, config: MetaDriveConfig, render: bool,
                  render_kwargs: Optional[Dict[str, Any]]) -> None:
     """Worker loop: one MetaDrive env; commands ("reset", scenario) / ("step", action) / ("close", None)."""
@@ -675,6 +684,7 @@ class ParallelEvaluator:
         context: str = "spawn",
         render: bool = False,
         render_kwargs: Optional[Dict[str, Any]] = None,
+        max_restarts: int = 3,
     ) -> None:
         """Start ``num_workers`` (default ``os.cpu_count()``) worker processes.
 
@@ -685,37 +695,62 @@ class ParallelEvaluator:
             context: multiprocessing start method (see :func:`make_vector_env`).
             render: Workers also return a top-down frame after every reset and step.
             render_kwargs: Arguments for MetaDrive's top-down renderer.
+            max_restarts: A worker that dies (e.g. killed) or fails is replaced and its
+                episode rerun from the reset; a call of :meth:`run_episodes` with more
+                failures than this raises :class:`EvalWorkerError`.
         """
         self.config = config
         n = num_workers if num_workers is not None else (os.cpu_count() or 1)
         if n < 1:
             raise ValueError(f"num_workers must be >= 1, got {n}")
         ensure_offline_assets()  # log the asset decision in this process too
-        ctx = multiprocessing.get_context(context)
+        self._ctx = multiprocessing.get_context(context)
+        self._worker_args = (config, render, render_kwargs)
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        """Workers replaced after they died or failed, over this evaluator's life."""
         self._conns: List[multiprocessing.connection.Connection] = []
         self._procs: List[multiprocessing.process.BaseProcess] = []
         for i in range(n):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=_eval_worker, args=(child, config, render, render_kwargs),
-                name=f"metadrive-eval-{i}", daemon=True,
-            )
-            proc.start()
-            child.close()
-            self._conns.append(parent)
+            conn, proc = self._spawn(i)
+            self._conns.append(conn)
             self._procs.append(proc)
+
+    def _spawn(self, i: int) -> Tuple[multiprocessing.connection.Connection, multiprocessing.process.BaseProcess]:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_eval_worker, args=(child, *self._worker_args),
+                                 name=f"metadrive-eval-{i}", daemon=True)
+        proc.start()
+        child.close()
+        return parent, proc
+
+    def _replace(self, i: int, reason: str, failures: int) -> None:
+        """Put a new worker in place of worker ``i``, or give up after ``max_restarts``."""
+        proc = self._procs[i]
+        if proc.is_alive():
+            proc.kill()
+        proc.join(timeout=5)
+        self._conns[i].close()
+        if failures > self.max_restarts:
+            raise EvalWorkerError(f"MetaDrive evaluation gave up: workers failed {failures} times in one "
+                                  f"evaluation (last: worker {i} {reason})")
+        logger.warning("MetaDrive eval worker %d %s; starting a new one and rerunning its episode", i, reason)
+        self._conns[i], self._procs[i] = self._spawn(i)
+        self.restarts += 1
 
     @property
     def num_workers(self) -> int:
         return len(self._conns)
 
     def _recv(self, i: int) -> Any:
+        """Worker ``i``'s reply; :class:`_WorkerLost` if it died or reported an error."""
         try:
             status, payload = self._conns[i].recv()
-        except (EOFError, ConnectionError) as exc:
-            raise RuntimeError(f"MetaDrive eval worker {i} died (exit code {self._procs[i].exitcode})") from exc
+        except (EOFError, ConnectionError, OSError):
+            self._procs[i].join(timeout=5)
+            raise _WorkerLost(f"died (exit code {self._procs[i].exitcode})") from None
         if status == "error":
-            raise RuntimeError(f"MetaDrive eval worker {i} failed:\n{payload}")
+            raise _WorkerLost(f"failed: {payload.strip().splitlines()[-1]}")
         return payload
 
     def run_episodes(
@@ -749,18 +784,37 @@ class ParallelEvaluator:
         results: List[Optional[Dict[str, Any]]] = [None] * len(scenarios)
         episode_of: Dict[int, int] = {}  # worker -> episode index
         obs: Dict[int, np.ndarray] = {}
+        failures = 0
 
         def start(workers: Sequence[int]) -> None:
-            started = []
-            for w in workers:
-                if todo:
-                    episode_of[w], scenario = todo.popleft()
-                    self._conns[w].send(("reset", int(scenario)))
-                    started.append(w)
-            for w in started:
-                obs[w], frame = self._recv(w)
-                if on_frame is not None and frame is not None:
-                    on_frame(episode_of[w], frame)
+            pending = list(workers)
+            while pending:
+                started = []
+                for w in pending:
+                    if todo:
+                        episode_of[w], scenario = todo.popleft()
+                        self._conns[w].send(("reset", int(scenario)))
+                        started.append(w)
+                pending = []
+                for w in started:
+                    try:
+                        obs[w], frame = self._recv(w)
+                    except _WorkerLost as e:
+                        requeue(w, str(e))
+                        pending.append(w)
+                        continue
+                    if on_frame is not None and frame is not None:
+                        on_frame(episode_of[w], frame)
+
+        def requeue(w: int, reason: str) -> None:
+            # The episode starts again from its reset on a new worker (frames already
+            # passed to on_frame stay; a stochastic act_fn continues its stream).
+            nonlocal failures
+            failures += 1
+            obs.pop(w, None)
+            e = episode_of.pop(w)
+            todo.appendleft((e, scenarios[e]))
+            self._replace(w, reason, failures)
 
         start(range(self.num_workers))
         while obs:
@@ -772,20 +826,32 @@ class ParallelEvaluator:
                 actions = np.asarray(act_fn(batch), dtype=np.float32)
             if actions.shape[0] != len(ids):
                 raise ValueError(f"act_fn returned {actions.shape[0]} actions for {len(ids)} observations")
+            sent = []
+            restart = []
             for k, w in enumerate(ids):
-                self._conns[w].send(("step", actions[k]))
-            finished = []
-            for w in ids:
-                o, done, metrics, frame = self._recv(w)
+                try:
+                    self._conns[w].send(("step", actions[k]))
+                    sent.append(w)
+                except (BrokenPipeError, ConnectionError, OSError):
+                    self._procs[w].join(timeout=5)
+                    requeue(w, f"died (exit code {self._procs[w].exitcode})")
+                    restart.append(w)
+            for w in sent:
+                try:
+                    o, done, metrics, frame = self._recv(w)
+                except _WorkerLost as e:
+                    requeue(w, str(e))
+                    restart.append(w)
+                    continue
                 if on_frame is not None and frame is not None:
                     on_frame(episode_of[w], frame)
                 if done:
                     results[episode_of[w]] = metrics
                     del obs[w]
-                    finished.append(w)
+                    restart.append(w)
                 else:
                     obs[w] = o
-            start(finished)
+            start(restart)
         return [r for r in results if r is not None]
 
     def evaluate(self, act_fn: ActFn, episodes: Optional[int] = None, start_seed: Optional[int] = None,

@@ -25,7 +25,7 @@ from .config import PPOConfig, load_config
 from .errors import RunDirError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_latest_valid_checkpoint", "list_checkpoints",
-           "latest_checkpoint",
+           "latest_checkpoint", "remove_partial_checkpoints",
            "config_path", "load_run_config", "is_run_dir"]
 
 logger = logging.getLogger("ppo_core.train")
@@ -64,6 +64,21 @@ def list_checkpoints(run_dir: Union[str, os.PathLike]) -> List[Path]:
     found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir()
              if (m := _NAME.match(p.name)) and stat.S_ISREG(p.stat().st_mode)]
     return [p for _, p in sorted(found)]
+
+
+_PARTIAL = re.compile(r"^\.step_\d+\.pt\.\d+\.tmp$")
+
+
+def remove_partial_checkpoints(run_dir: Union[str, os.PathLike]) -> List[Path]:
+    """Delete the ``.step_*.tmp`` files a killed writer left; only call while holding the run's lock."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if not ckpt_dir.is_dir():
+        return []
+    removed = [p for p in ckpt_dir.iterdir() if _PARTIAL.match(p.name) and p.is_file()]
+    for p in removed:
+        p.unlink(missing_ok=True)
+        logger.info("removed the partial checkpoint %s (a writer stopped mid-write)", p)
+    return removed
 
 
 def latest_checkpoint(run_dir: Union[str, os.PathLike]) -> Optional[Path]:

@@ -192,24 +192,31 @@ class PPOConfig:
                 ok = isinstance(value, bool)
             elif isinstance(default, int):
                 ok = isinstance(value, int) and not isinstance(value, bool)
+                if ok and not -_INT64 <= value < _INT64:  # what TOML (config.toml) can hold
+                    raise ConfigError(f"config key {f.name!r}: {value!r} is out of range "
+                                      f"(integers are 64-bit: below 2**63)")
             elif isinstance(default, float):
                 ok = isinstance(value, (int, float)) and not isinstance(value, bool)
                 if ok:
-                    setattr(self, f.name, float(value))
-                    value = float(value)
+                    try:
+                        value = float(value)
+                    except OverflowError:  # an int beyond the float range, e.g. 10**400
+                        raise ConfigError(f"config key {f.name!r}: expected a finite number, "
+                                          f"got an integer of {len(str(abs(value)))} digits") from None
+                    setattr(self, f.name, value)
                     ok = math.isfinite(value)
             else:
                 ok = isinstance(value, type(default))
             if not ok:
                 raise ConfigError(
-                    f"config key {f.name!r}: expected {type(default).__name__}, got {value!r}"
+                    f"config key {f.name!r}: expected {type(default).__name__}, got {_short(value)}"
                 )
         positive = ["kl_target", "eval_episodes", "num_envs", "num_steps", "num_minibatches", "update_epochs", "torch_threads",
                     "checkpoint_every", "keep_checkpoints", "clip_coef", "obs_clip", "reward_clip"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"config key {name!r} must be > 0, got {getattr(self, name)!r}")
-        non_negative = ["total_steps", "eval_every_steps", "eval_start_seed", "eval_workers",
+        non_negative = ["seed", "total_steps", "eval_every_steps", "eval_start_seed", "eval_workers",
                         "max_env_restarts", "learning_rate", "vf_clip_coef", "ent_coef", "vf_coef",
                         "max_grad_norm", "target_kl", "adam_eps", "kl_coef"]
         for name in non_negative:
@@ -334,6 +341,14 @@ def _validate_metadrive_env_kwargs(kwargs: dict) -> None:
                           f"(known: {', '.join(sorted(known))})")
 
 
+_INT64 = 2**63
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -369,7 +384,13 @@ def read_config_file(path: Union[str, os.PathLike]) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path}: not UTF-8 text (byte {e.start} cannot be decoded); "
+                          f"a config is a .toml or .json text file") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot read it ({e.strerror or e})") from None
     try:
         if path.suffix == ".json":
             data = json.loads(text)

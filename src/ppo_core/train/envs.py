@@ -80,6 +80,35 @@ def _check_gymnasium_id(env_id: str) -> None:
         raise ConfigError(f"unknown environment id {env_id!r}: {e}") from None
 
 
+#: Keywords ``gymnasium.make`` takes itself or hands to every env.
+_MAKE_KWARGS = {"max_episode_steps", "disable_env_checker", "render_mode"}
+
+
+def _check_gymnasium_kwargs(env_id: str, env_kwargs: Dict[str, Any]) -> None:
+    """An ``env_kwargs`` key the env's constructor does not take fails here, in one line,
+    not as a TypeError inside a worker process."""
+    if not env_kwargs:
+        return
+    import inspect
+
+    from gymnasium.envs.registration import load_env_creator
+
+    spec = gymnasium.spec(env_id.partition(":")[2] if ":" in env_id else env_id)
+    try:
+        creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
+        params = inspect.signature(creator).parameters.values()
+    except (ValueError, TypeError, ImportError, AttributeError):  # not introspectable: the env decides
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    accepted = {p.name for p in params if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                     inspect.Parameter.KEYWORD_ONLY)} | _MAKE_KWARGS
+    unknown = sorted(set(env_kwargs) - accepted)
+    if unknown:
+        raise ConfigError(f"env_kwargs key {unknown[0]!r}: {env_id} does not take it "
+                          f"(it takes: {', '.join(sorted(accepted))})")
+
+
 def make_vector_env(
     env_id: Union[str, EnvFactory],
     num_envs: int,
@@ -108,6 +137,7 @@ def make_vector_env(
         if family is not None:
             return FAMILY_VECTOR_ENVS[family](env_id, num_envs, seed, asynchronous, env_kwargs)
         _check_gymnasium_id(env_id)
+        _check_gymnasium_kwargs(env_id, env_kwargs)
         fns: list = [_Thunk(env_id, env_kwargs, asynchronous) for _ in range(num_envs)]
     else:
         fns = [env_id for _ in range(num_envs)]

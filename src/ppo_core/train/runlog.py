@@ -68,7 +68,9 @@ class MetricsLog:
         self.path = self.run_dir / "metrics.csv"
         self.rows: List[Dict[str, str]] = []
         if resume_step is not None and self.path.is_file():
-            self.rows = [r for r in read_metrics(self.path) if int(r["step"]) <= resume_step]
+            # A row cut short by a failed write (disk full) has missing fields: dropped.
+            self.rows = [r for r in read_metrics(self.path)
+                         if None not in r.values() and int(r["step"]) <= resume_step]
             buf = io.StringIO()
             w = csv.DictWriter(buf, METRICS_COLUMNS, extrasaction="ignore")
             w.writeheader()
@@ -105,8 +107,11 @@ class MetricsLog:
 
     def close(self) -> None:
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError:  # the directory stopped taking writes: the rows flushed before stay
+                pass
         if self._tb is not None:
             self._tb.close()
             self._tb = None

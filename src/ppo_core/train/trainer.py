@@ -37,7 +37,7 @@ from .losses import POLICY_LOSSES, STATEFUL_POLICY_LOSSES, make_policy_loss
 from .normalize import ObsNormalizer, RewardScaler
 from .policies import make_mlp_policy, space_to_dict
 from .rollout import Rollout, RolloutCollector
-from .runlock import RunLock
+from .runlock import LOCK_NAME, RunLock
 from .runlog import MetricsLog, plot_learning_curve
 
 __all__ = ["Trainer", "train", "UpdateCallback"]
@@ -103,6 +103,28 @@ def force_close(envs: Any) -> None:
     envs.closed = True
 
 
+def _run_dir_error(run_dir: Path, e: OSError) -> str:
+    """One line for an ``OSError`` on the run directory itself."""
+    if isinstance(e, FileExistsError) or (run_dir.exists() and not run_dir.is_dir()):
+        return f"run directory {run_dir} is a file, not a folder; choose another --out"
+    if isinstance(e, NotADirectoryError):
+        return f"run directory {run_dir} lies under a file, not a folder; choose another --out"
+    return f"cannot write in run directory {run_dir}: {e.strerror or e}"
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    """A new run starts in an empty (or new) folder: never over a run, never over others' files."""
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+    if not entries:
+        return
+    if ckpt.is_run_dir(run_dir) or ckpt.list_checkpoints(run_dir):
+        raise RunDirError(f"{run_dir} already holds a run; resume it with --resume {run_dir} "
+                          f"or choose another --out")
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise RunDirError(f"{run_dir} is not empty and is not a run (it holds {shown}); "
+                      f"choose an empty or new --out")
+
+
 def _explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
     var = float(target.var(unbiased=False))
     if var == 0.0:
@@ -125,7 +147,7 @@ class Trainer:
                  policy_loss: Optional[Callable[..., Any]] = None,
                  env_fn: Optional[Callable[[], Any]] = None,
                  callbacks: Sequence[UpdateCallback] = (),
-                 _resume_state: Optional[Dict[str, Any]] = None) -> None:
+                 _resume_state: Optional[Dict[str, Any]] = None, _restart: bool = False) -> None:
         config.validate()
         if not config.env_id and env_fn is None:
             raise ConfigError("no environment: set env_id in the config (or --env on the command line)")
@@ -133,16 +155,25 @@ class Trainer:
         self.run_dir = Path(run_dir)
         # One owner per run: taken before anything is written, released by close().
         created = not self.run_dir.exists()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(_run_dir_error(self.run_dir, e)) from None
         self._lock = RunLock(self.run_dir)
+        lock_existed = self._lock.path.exists()
         try:
             self._lock.acquire()
+            if _resume_state is None and not _restart:
+                _check_new_run_dir(self.run_dir)
+            else:  # the trainer that died there may have left a half-written checkpoint
+                ckpt.remove_partial_checkpoints(self.run_dir)
             self._init(config, _resume_state, policy_factory, advantage_estimator, policy_loss, env_fn, callbacks)
         except BaseException:
             held = self._lock.held
             self._lock.release()
-            if created and held:  # a run that never started leaves no directory behind (never another's)
+            if held and not lock_existed:  # a refused or failed start leaves no lock file of ours
                 self._lock.path.unlink(missing_ok=True)
+            if created and held:  # a run that never started leaves no directory behind (never another's)
                 try:
                     self.run_dir.rmdir()
                 except OSError:
@@ -151,8 +182,6 @@ class Trainer:
 
     def _init(self, config: PPOConfig, _resume_state: Optional[Dict[str, Any]], policy_factory: Any,
               advantage_estimator: Any, policy_loss: Any, env_fn: Any, callbacks: Sequence[UpdateCallback]) -> None:
-        if _resume_state is None and ckpt.list_checkpoints(self.run_dir):
-            raise RunDirError(f"{self.run_dir} already holds a run; resume it with --resume or choose another --out")
         self.callbacks = list(callbacks)
         self.advantage_estimator = advantage_estimator or self._lookup(
             ESTIMATORS, config.advantage_estimator, "advantage_estimator")
@@ -197,9 +226,12 @@ class Trainer:
             self.envs.close()
             raise
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, self.run_dir / "config.toml")
-        self.metrics = MetricsLog(self.run_dir, resume_step=self.global_step if _resume_state else None)
+        try:
+            save_config(config, self.run_dir / "config.toml")
+            self.metrics = MetricsLog(self.run_dir, resume_step=self.global_step if _resume_state else None)
+        except OSError as e:
+            self.envs.close()
+            raise RunDirError(_run_dir_error(self.run_dir, e)) from None
         self.env_restarts = 0
         """Times the vector env was rebuilt after a worker failure (this session)."""
         self.timing_totals: Dict[str, float] = {k: 0.0 for k in TIMING_KEYS}
@@ -232,7 +264,10 @@ class Trainer:
         if total_steps is not None:
             config = config.replace(total_steps=total_steps)
         if ckpt.latest_checkpoint(run_dir) is None:
-            raise RunDirError(f"{run_dir} has no checkpoint to resume from")
+            # Stopped before its first checkpoint: nothing to restore, so it starts over
+            # from step 0 with its saved config (and its metrics.csv begins anew).
+            logger.warning("%s has no checkpoint yet; starting it over from step 0 with its saved config", run_dir)
+            return cls(config, run_dir, _restart=True, **kwargs)
         _, state = ckpt.load_latest_valid_checkpoint(run_dir)  # skips damaged ones, with a warning
         return cls(config, run_dir, _resume_state=state, **kwargs)
 
@@ -487,14 +522,25 @@ class Trainer:
                     "env_restarts": self.env_restarts,
                     **self._training_episode_stats(rollout),
                 }
-                self.metrics.log(row)
-                if self.update % cfg.checkpoint_every == 0 or self.finished:
-                    self.save_checkpoint()
+                try:
+                    self.metrics.log(row)
+                    if self.update % cfg.checkpoint_every == 0 or self.finished:
+                        self.save_checkpoint()
+                except OSError as e:
+                    raise RunDirError(self._write_failed(e)) from None
                 for cb in self.callbacks:
                     cb(self, row)
         finally:
             self.close()
         return row
+
+    def _write_failed(self, e: OSError) -> str:
+        """One line for a run directory that stopped taking writes mid-run (read-only, full, gone)."""
+        last = ckpt.latest_checkpoint(self.run_dir)
+        where = f"its latest checkpoint is {last.name}" if last else "it has no checkpoint yet"
+        return (f"cannot write to run directory {self.run_dir} at step {self.global_step} "
+                f"({e.strerror or e}); the files written before are intact and {where}: "
+                f"once it is writable, continue with: ppo-core train --resume {self.run_dir}")
 
     def _training_episode_stats(self, rollout: Rollout) -> Dict[str, Any]:
         """Outcome rates of the training episodes that ended in ``rollout`` (``train_*`` columns).
