@@ -335,14 +335,33 @@ def test_eval_workers_that_keep_dying_give_up_with_one_error():
         assert ev.restarts == 2
 
 
-def test_eval_gif_path_is_checked_before_any_episode_runs(tmp_path, capsys, monkeypatch):
-    torch = pytest.importorskip("torch")  # noqa: F841
-    from ppo_core import cli
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A MetaDrive run of one 16-step update (2 scenarios, horizon 20)."""
+    pytest.importorskip("torch")
     from ppo_core import train as T
 
-    run = tmp_path / "run"
+    run = tmp_path_factory.mktemp("tiny") / "run"
     T.train(T.PPOConfig(env_id="metadrive", num_envs=1, num_steps=16, total_steps=16, num_minibatches=1,
                         update_epochs=1, env_kwargs={"num_scenarios": 2, "horizon": 20}), run)
+    return run
+
+
+def test_eval_prints_each_rate_with_its_interval(tiny_run, capsys):
+    from ppo_core import cli
+
+    code = cli.main(["eval", str(tiny_run), "--episodes", "2", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "2 episodes on scenarios 10000..10001" in out
+    for name in ("success", "crash", "out of road"):
+        assert f"  {name}" in out
+    assert out.count("(95% interval") == 3 and "route completion" in out
+
+
+def test_eval_gif_path_is_checked_before_any_episode_runs(tmp_path, tiny_run, capsys, monkeypatch):
+    from ppo_core import cli
+
+    run = tiny_run
     afile = tmp_path / "afile"
     afile.write_text("x")
 
@@ -355,14 +374,10 @@ def test_eval_gif_path_is_checked_before_any_episode_runs(tmp_path, capsys, monk
     assert code == 1 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
 
 
-def test_eval_gives_up_in_one_line_after_repeated_worker_failures(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("torch")
+def test_eval_gives_up_in_one_line_after_repeated_worker_failures(tiny_run, capsys, monkeypatch):
     from ppo_core import cli
-    from ppo_core import train as T
 
-    run = tmp_path / "run"
-    T.train(T.PPOConfig(env_id="metadrive", num_envs=1, num_steps=16, total_steps=16, num_minibatches=1,
-                        update_epochs=1, env_kwargs={"num_scenarios": 2, "horizon": 20}), run)
+    run = tiny_run
 
     def dying(*args, **kwargs):
         raise md.EvalWorkerError("MetaDrive evaluation gave up: workers failed 4 times in one evaluation "

@@ -428,6 +428,8 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
 
 def _print_metadrive_result(args: argparse.Namespace, result: Dict[str, Any], env_id: str, start: int, k: int,
                             deterministic: bool) -> None:
+    from ppo_core.envs import metadrive as md
+
     if args.json:
         print(json.dumps(result))
     else:
