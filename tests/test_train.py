@@ -1025,3 +1025,93 @@ def test_a_checkpoint_never_chooses_a_module_to_import(tmp_path, capsys, monkeyp
     assert not (tmp_path / "planted_module_xyz.py.ran").exists()
     code, _, err = _run_cli(capsys, "eval", str(run), "--episodes", "1", "--env", "CartPole-v1")
     assert code == 0
+
+
+# -- the rollout source seam ------------------------------------------------------------
+
+
+class ReplaySource:
+    """A rollout source that hands out recorded rollouts, in order: no environment at all."""
+
+    def __init__(self, rollouts, observation_space, action_space, obs_normalizer):
+        self.rollouts = list(rollouts)
+        self.observation_space, self.action_space = observation_space, action_space
+        self.num_envs = rollouts[0].obs.shape[1]
+        self.obs_normalizer = obs_normalizer
+        self.timings = {"env": 0.0, "inference": 0.0}
+        self.restarts = 0
+        self.next = 0
+        self.synced = []
+        self.closed = False
+
+    def sync_policy(self, policy):
+        self.synced.append({k: v.clone() for k, v in policy.state_dict().items()})
+
+    def collect(self, num_steps):
+        rollout = self.rollouts[self.next]
+        assert rollout.obs.shape[0] == num_steps
+        self.next += 1
+        return rollout
+
+    def state_dict(self):
+        return {"next": self.next}
+
+    def load_state_dict(self, state):
+        self.next = state["next"]
+
+    def close(self):
+        self.closed = True
+
+
+def _recorded(tmp_path, n):
+    recorder = T.Trainer(_small(total_steps=64 * n), tmp_path / "recorder")
+    rollouts = [recorder.source.collect(32) for _ in range(n)]
+    spaces = recorder.observation_space, recorder.action_space
+    normalizer = recorder.obs_normalizer
+    recorder.close()
+    return rollouts, spaces, normalizer
+
+
+def test_a_trainer_learns_from_any_rollout_source(tmp_path):
+    rollouts, (obs_space, act_space), normalizer = _recorded(tmp_path, 3)
+    source = ReplaySource(rollouts[:2], obs_space, act_space, normalizer)
+    assert isinstance(source, T.RolloutSource)  # the protocol is structural: no base class needed
+    cfg = _small(total_steps=128)
+    trainer = T.Trainer(cfg, tmp_path / "run", source=source)
+    assert trainer.source is source
+    trainer.train()
+    assert source.next == 2 and source.closed
+    # it was handed the weights before each collect: the first as built, the second after one update
+    assert len(source.synced) == 3
+    assert any(not torch.equal(source.synced[1][k], source.synced[2][k]) for k in source.synced[1])
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [64, 128]
+    assert float(rows[0]["episodes"]) == len(rollouts[0].episode_returns)
+    # the source's state is checkpointed and restored on resume
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "run"))
+    assert state["source"] == {"next": 2}
+    again = ReplaySource(rollouts, obs_space, act_space, normalizer)
+    resumed = T.Trainer.resume(tmp_path / "run", total_steps=192, source=again)
+    assert again.next == 2
+    resumed.train()
+    assert again.next == 3 and resumed.global_step == 192
+    # the policy loads without the source: normalization statistics travel with the model
+    policy = T.load_policy(tmp_path / "run")
+    assert policy.step == 192
+
+
+def test_old_checkpoints_with_top_level_statistics_still_resume(tmp_path):
+    run = tmp_path / "run"
+    T.train(_small(total_steps=64), run)
+    path = ckpt.latest_checkpoint(run)
+    state = ckpt.load_checkpoint(path)
+    source_state = state.pop("source")
+    state["reward_scaler"] = source_state["reward_scaler"]  # the layout before rollout sources
+    state["collector"] = {"recent_returns": state["recent_episodes"]["returns"],
+                          "recent_lengths": state["recent_episodes"]["lengths"]}
+    del state["recent_episodes"]
+    torch.save(state, path)
+    trainer = T.Trainer.resume(run, total_steps=128)
+    assert list(trainer.recent_returns) == state["collector"]["recent_returns"]
+    assert trainer.source.reward_scaler.state_dict()["rms"]["count"] == source_state["reward_scaler"]["rms"]["count"]
+    trainer.train()

@@ -70,7 +70,8 @@ def load_snapshot(run_dir: Any) -> Snapshot:
 
     policy = load_policy(run_dir)
     state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))
-    return Snapshot(policy.net, policy.obs_normalizer, state["reward_scaler"], policy.config, policy.step)
+    scaler = (state["source"] if "source" in state else state)["reward_scaler"]  # older checkpoints: top level
+    return Snapshot(policy.net, policy.obs_normalizer, scaler, policy.config, policy.step)
 
 
 def train_snapshot(config: Any, run_dir: Any) -> Snapshot:

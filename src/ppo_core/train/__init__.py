@@ -15,6 +15,7 @@ from .losses import (POLICY_LOSSES, STATEFUL_POLICY_LOSSES, AdaptiveKLPenalty, P
                      clipped_surrogate, policy_gradient)
 from .policies import ActorCritic, MLPActorCritic, PolicyFactory, make_mlp_policy
 from .rollout import Rollout, RolloutCollector
+from .sources import RolloutSource, VectorEnvSource
 from .trainer import Trainer, train
 
 __all__ = [
@@ -26,7 +27,7 @@ __all__ = [
     "PolicyLoss", "SurrogateLoss", "clipped_surrogate", "policy_gradient", "POLICY_LOSSES",
     "AdaptiveKLPenalty", "STATEFUL_POLICY_LOSSES",
     "ActorCritic", "MLPActorCritic", "PolicyFactory", "make_mlp_policy",
-    "Rollout", "RolloutCollector",
+    "Rollout", "RolloutCollector", "RolloutSource", "VectorEnvSource",
     "TrainError", "ConfigError", "RunDirError", "EnvWorkerError", "preset",
     "ALGOS", "algo_overrides", "apply_algo",
 ]

@@ -11,7 +11,6 @@ through :func:`ppo_core.torch.next_values_from` with ``done = terminated | trunc
 from __future__ import annotations
 
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -86,12 +85,14 @@ class RolloutCollector:
 
     Keeps the current observations and per-env episode accumulators between
     calls, and updates the observation normalizer and reward scaler as it goes.
+    ``policy`` (``obs -> (distribution, value)``) may be set later, before the first
+    :meth:`collect`.
     ``timings`` accumulates wall-clock seconds in ``env`` (vector env ``step`` and
     ``reset``) and ``inference`` (everything else the collector does: the policy's
     forward passes, normalization, buffer writes); the trainer reads and resets it.
     """
 
-    def __init__(self, envs: gymnasium.vector.VectorEnv, policy: Callable, obs_normalizer: ObsNormalizer,
+    def __init__(self, envs: gymnasium.vector.VectorEnv, policy: Optional[Callable], obs_normalizer: ObsNormalizer,
                  reward_scaler: RewardScaler, seed: Optional[int], *, update_stats_on_reset: bool = True,
                  episode_metrics_fn: Optional[Callable[..., Dict[str, Any]]] = None) -> None:
         self.envs = envs
@@ -102,8 +103,6 @@ class RolloutCollector:
         self.num_envs = envs.num_envs
         self.action_space = envs.single_action_space
         self.timings = {"env": 0.0, "inference": 0.0}
-        self.recent_returns: deque = deque(maxlen=20)
-        self.recent_lengths: deque = deque(maxlen=20)
         self.replace_envs(envs, seed, update_stats=update_stats_on_reset)
 
     def replace_envs(self, envs: gymnasium.vector.VectorEnv, seed: Optional[int], *,
@@ -280,14 +279,5 @@ class RolloutCollector:
         next_values = ppo_torch.next_values_from(
             b.values, last_values, final_values=b.final_values, done=b.terminated | b.truncated
         )
-        self.recent_returns.extend(b.ep_returns)
-        self.recent_lengths.extend(b.ep_lengths)
         return Rollout(b.obs, actions, b.log_probs, b.values, b.rewards, b.terminated, b.truncated, next_values,
                        b.ep_returns, b.ep_lengths, b.ep_metrics)
-
-    def state_dict(self) -> dict:
-        return {"recent_returns": list(self.recent_returns), "recent_lengths": list(self.recent_lengths)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.recent_returns.extend(state.get("recent_returns", []))
-        self.recent_lengths.extend(state.get("recent_lengths", []))

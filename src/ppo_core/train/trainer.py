@@ -1,9 +1,11 @@
 """The PPO loop: collect a rollout, estimate advantages, run minibatch epochs, log, checkpoint.
 
-Data flows one way: vector env -> :class:`~.rollout.Rollout` -> advantage
+Data flows one way: rollout source -> :class:`~.rollout.Rollout` -> advantage
 estimator (kernels) -> policy and value losses (kernels) -> Adam. Every piece
 that people change is passed in:
 
+* ``source``: a :class:`~.sources.RolloutSource` (default: :class:`~.sources.VectorEnvSource`
+  on ``config.env_id`` or ``env_fn``)
 * ``policy_factory(observation_space, action_space, config) -> nn.Module`` (:mod:`.policies`)
 * ``advantage_estimator(rewards, values, next_values, terminated, truncated, *, gamma, lam)`` (:mod:`.estimators`)
 * ``policy_loss(new_log_prob, old_log_prob, advantages, *, clip_coef)`` (:mod:`.losses`)
@@ -11,12 +13,11 @@ that people change is passed in:
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import os
 import time
-import warnings
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Sequence, Union
 
@@ -29,16 +30,15 @@ from ppo_core import torch as ppo_torch
 
 from . import checkpoint as ckpt
 from .config import PPOConfig, save_config
-from .env_groups import EnvGroups
-from .envs import env_family, episode_metrics_fns, make_vector_env
-from .errors import ConfigError, EnvWorkerError, RunDirError
+from .envs import env_family, episode_metrics_fns
+from .errors import ConfigError, RunDirError
 from .estimators import ESTIMATORS
 from .losses import POLICY_LOSSES, STATEFUL_POLICY_LOSSES, make_policy_loss
-from .normalize import ObsNormalizer, RewardScaler
 from .policies import make_mlp_policy, space_to_dict
-from .rollout import Rollout, RolloutCollector
+from .rollout import Rollout
 from .runlock import LOCK_NAME, RunLock
 from .runlog import MetricsLog, plot_learning_curve
+from .sources import RolloutSource, VectorEnvSource
 
 __all__ = ["Trainer", "train", "UpdateCallback"]
 
@@ -61,46 +61,6 @@ def _normalize_advantages(adv: torch.Tensor) -> torch.Tensor:
     if adv.numel() < 2:
         return adv
     return (adv - adv.mean()) / (adv.std() + 1e-8)
-
-
-def worker_failed(envs: Any, error: Optional[BaseException] = None) -> bool:
-    """True if ``envs`` is an ``AsyncVectorEnv`` with a dead or failed worker.
-
-    A worker killed by a signal closes its pipe (``error`` is then an ``EOFError`` or
-    a connection error, possibly before the process is reaped) and dies; one whose env
-    raised an exception reports it and exits, and gymnasium drops its pipe (``None``).
-    Either way the vector env cannot be used again.
-    """
-    procs = getattr(envs, "processes", None)
-    pipes = getattr(envs, "parent_pipes", None)
-    if procs is None or pipes is None:
-        return False
-    if isinstance(error, (EOFError, ConnectionError)):
-        return True
-    return any(p is None for p in pipes) or any(not proc.is_alive() for proc in procs)
-
-
-def force_close(envs: Any) -> None:
-    """Close a (possibly broken) vector env: terminate its remaining workers, never raise."""
-    for proc in getattr(envs, "processes", []):
-        if proc.is_alive():
-            proc.terminate()
-    if hasattr(envs, "_state"):  # a pending step on a dead pipe would be waited for
-        from gymnasium.vector.async_vector_env import AsyncState
-
-        envs._state = AsyncState.DEFAULT
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            envs.close(terminate=True) if hasattr(envs, "processes") else envs.close()
-    except Exception as e:  # the workers are gone already; closing is best effort
-        logger.debug("closing a broken vector env: %r", e)
-    for proc in getattr(envs, "processes", []):
-        proc.join(timeout=5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join(timeout=5)
-    envs.closed = True
 
 
 def _run_dir_error(run_dir: Path, e: OSError) -> str:
@@ -147,9 +107,10 @@ class Trainer:
                  policy_loss: Optional[Callable[..., Any]] = None,
                  env_fn: Optional[Callable[[], Any]] = None,
                  callbacks: Sequence[UpdateCallback] = (),
+                 source: Optional[RolloutSource] = None,
                  _resume_state: Optional[Dict[str, Any]] = None, _restart: bool = False) -> None:
         config.validate()
-        if not config.env_id and env_fn is None:
+        if not config.env_id and env_fn is None and source is None:
             raise ConfigError("no environment: set env_id in the config (or --env on the command line)")
         self.config = config
         self.run_dir = Path(run_dir)
@@ -167,7 +128,8 @@ class Trainer:
                 _check_new_run_dir(self.run_dir)
             else:  # the trainer that died there may have left a half-written checkpoint
                 ckpt.remove_partial_checkpoints(self.run_dir)
-            self._init(config, _resume_state, policy_factory, advantage_estimator, policy_loss, env_fn, callbacks)
+            self._init(config, _resume_state, policy_factory, advantage_estimator, policy_loss, env_fn, callbacks,
+                       source)
         except BaseException:
             held = self._lock.held
             self._lock.release()
@@ -181,7 +143,8 @@ class Trainer:
             raise
 
     def _init(self, config: PPOConfig, _resume_state: Optional[Dict[str, Any]], policy_factory: Any,
-              advantage_estimator: Any, policy_loss: Any, env_fn: Any, callbacks: Sequence[UpdateCallback]) -> None:
+              advantage_estimator: Any, policy_loss: Any, env_fn: Any, callbacks: Sequence[UpdateCallback],
+              source: Optional[RolloutSource]) -> None:
         self.callbacks = list(callbacks)
         self.advantage_estimator = advantage_estimator or self._lookup(
             ESTIMATORS, config.advantage_estimator, "advantage_estimator")
@@ -196,44 +159,40 @@ class Trainer:
         np.random.seed(config.seed % 2**32)
 
         update = 0 if _resume_state is None else int(_resume_state["update"])
-        env_seed = config.seed if _resume_state is None else config.seed + 7919 * update
-        self._env_source: Any = env_fn or config.env_id
-        self.envs = self._make_envs(env_seed)
+        if source is None:
+            env_seed = config.seed if _resume_state is None else config.seed + 7919 * update
+            source = VectorEnvSource(config, env_fn or config.env_id, seed=env_seed, first_update=update,
+                                     update_stats_on_reset=_resume_state is None)
+        self.source: RolloutSource = source
+        """Where the rollouts come from (:class:`~.sources.RolloutSource`); the trainer owns and closes it."""
+        self._env_source: Any = env_fn or config.env_id  # for evaluation
         try:
-            self.observation_space = self.envs.single_observation_space
-            self.action_space = self.envs.single_action_space
+            self.observation_space = source.observation_space
+            self.action_space = source.action_space
             self.policy = (policy_factory or make_mlp_policy)(self.observation_space, self.action_space, config)
             self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
-            self.obs_normalizer = ObsNormalizer(tuple(self.observation_space.shape),
-                                                enabled=config.normalize_obs, clip=config.obs_clip)
-            self.reward_scaler = RewardScaler(config.num_envs, config.gamma,
-                                              enabled=config.normalize_reward, clip=config.reward_clip)
             self.perm_generator = torch.Generator().manual_seed(config.seed)
             self.global_step = 0
             self.update = 0
             self.elapsed = 0.0
+            self.recent_returns: deque = deque(maxlen=20)
+            """Raw returns of the last 20 training episodes (the ``episode_return`` column's mean)."""
+            self.recent_lengths: deque = deque(maxlen=20)
             if _resume_state is not None:
                 self._load_state(_resume_state)
             family_fns = episode_metrics_fns(self._env_source) if isinstance(self._env_source, str) else None
             self._summarize_episodes = family_fns[1] if family_fns else None
-            self.collector = RolloutCollector(self.envs, self.policy, self.obs_normalizer,
-                                              self.reward_scaler, env_seed,
-                                              update_stats_on_reset=_resume_state is None,
-                                              episode_metrics_fn=family_fns[0] if family_fns else None)
-            if _resume_state is not None:
-                self.collector.load_state_dict(_resume_state.get("collector", {}))
+            source.sync_policy(self.policy)
         except BaseException:
-            self.envs.close()
+            source.close()
             raise
 
         try:
             save_config(config, self.run_dir / "config.toml")
             self.metrics = MetricsLog(self.run_dir, resume_step=self.global_step if _resume_state else None)
         except OSError as e:
-            self.envs.close()
+            self.source.close()
             raise RunDirError(_run_dir_error(self.run_dir, e)) from None
-        self.env_restarts = 0
-        """Times the vector env was rebuilt after a worker failure (this session)."""
         self.timing_totals: Dict[str, float] = {k: 0.0 for k in TIMING_KEYS}
         """Wall-clock seconds of this session by part (see :data:`TIMING_KEYS`)."""
         self._pending_other = 0.0  # checkpoint time, charged to the next row
@@ -287,19 +246,25 @@ class Trainer:
             "action_space": space_to_dict(self.action_space),
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "obs_normalizer": self.obs_normalizer.state_dict(),
-            "reward_scaler": self.reward_scaler.state_dict(),
+            "obs_normalizer": self.source.obs_normalizer.state_dict(),  # what load_policy needs
+            "source": self.source.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "perm_rng": self.perm_generator.get_state(),
-            "collector": self.collector.state_dict(),
+            "recent_episodes": {"returns": list(self.recent_returns), "lengths": list(self.recent_lengths)},
             **({"policy_loss": self.policy_loss.state_dict()} if hasattr(self.policy_loss, "state_dict") else {}),
         }
 
     def _load_state(self, state: Dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.obs_normalizer.load_state_dict(state["obs_normalizer"])
-        self.reward_scaler.load_state_dict(state["reward_scaler"])
+        if "source" in state:
+            self.source.load_state_dict(state["source"])
+        else:  # checkpoints written before rollout sources: the statistics at the top level
+            self.source.load_state_dict({k: state[k] for k in ("obs_normalizer", "reward_scaler")})
+        episodes = state.get("recent_episodes") or {"returns": state.get("collector", {}).get("recent_returns", []),
+                                                    "lengths": state.get("collector", {}).get("recent_lengths", [])}
+        self.recent_returns.extend(episodes["returns"])
+        self.recent_lengths.extend(episodes["lengths"])
         torch.set_rng_state(state["torch_rng"])
         self.perm_generator.set_state(state["perm_rng"])
         self.global_step = int(state["step"])
@@ -398,67 +363,27 @@ class Trainer:
         row["eval_seconds"] = time.perf_counter() - t0
         return row
 
-    # -- environment workers --------------------------------------------------------
+    # -- the rollout source -------------------------------------------------------
 
-    def _collect(self) -> Rollout:
-        """A rollout; if an ``AsyncVectorEnv`` worker dies, rebuild the envs and start over."""
-        cfg = self.config
-        failures = 0
-        while True:
-            saved = (copy.deepcopy(self.obs_normalizer.state_dict()),
-                     copy.deepcopy(self.reward_scaler.state_dict()))
-            try:
-                if failures:
-                    self._rebuild_envs()
-                return self.collector.collect(cfg.num_steps)
-            except Exception as e:
-                if self.envs is None or not worker_failed(self.envs, e):
-                    raise
-                failures += 1
-                # The partial rollout is discarded, and so is what it taught the normalizers.
-                self.obs_normalizer.load_state_dict(saved[0])
-                self.reward_scaler.load_state_dict(saved[1])
-                force_close(self.envs)
-                self.envs = None
-                if failures > cfg.max_env_restarts:
-                    raise EnvWorkerError(
-                        f"environment workers failed {failures} times in a row in update {self.update} "
-                        f"(step {self.global_step}); giving up (last error: {type(e).__name__}: {e})"
-                    ) from e
-                logger.warning(
-                    "environment worker failed in update %d at step %d (%s: %s); discarded the partial "
-                    "rollout, rebuilding the %d environments (attempt %d of %d)", self.update,
-                    self.global_step, type(e).__name__, e or "worker died", cfg.num_envs, failures,
-                    cfg.max_env_restarts)
+    @property
+    def obs_normalizer(self) -> Any:
+        """The observation statistics of the policy's inputs (the source's)."""
+        return self.source.obs_normalizer
 
-    def _rebuild_envs(self) -> None:
-        cfg = self.config
-        self.env_restarts += 1
-        # New seeds, derived deterministically from the run's seed, update and restart count.
-        seed = cfg.seed + 7919 * self.update + 104_729 * self.env_restarts
-        t0 = time.perf_counter()
-        self.envs = self._make_envs(seed)
-        self.collector.timings["env"] += time.perf_counter() - t0
-        self.collector.replace_envs(self.envs, seed)
+    @property
+    def envs(self) -> Any:
+        """The source's environments (``VectorEnvSource``; None once closed or for other sources)."""
+        return getattr(getattr(self, "source", None), "envs", None)
 
-    def _make_envs(self, seed: int) -> Any:
-        """The vector env, or with ``env_groups > 1`` the :class:`EnvGroups` for pipelined collection."""
-        cfg = self.config
-        groups = cfg.env_groups
-        if groups == 1:
-            return make_vector_env(self._env_source, cfg.num_envs, seed, asynchronous=cfg.async_envs,
-                                   env_kwargs=cfg.env_kwargs)
-        size = cfg.num_envs // groups
-        built: list = []
-        try:
-            for g in range(groups):
-                built.append(make_vector_env(self._env_source, size, seed + g * size, asynchronous=True,
-                                             env_kwargs=cfg.env_kwargs))
-            return EnvGroups(built)
-        except BaseException:
-            for envs in built:
-                envs.close()
-            raise
+    @property
+    def collector(self) -> Any:
+        """The source's :class:`~.rollout.RolloutCollector` (``VectorEnvSource`` only)."""
+        return getattr(self.source, "collector", None)
+
+    @property
+    def env_restarts(self) -> int:
+        """Times this session the source rebuilt its environments after a failure."""
+        return int(getattr(self.source, "restarts", 0))
 
     def timing_summary(self) -> Dict[str, Any]:
         """This session's wall time by part: ``{"seconds": {...}, "shares": {...}, "steps_per_second"}``.
@@ -488,10 +413,11 @@ class Trainer:
                     for group in self.optimizer.param_groups:
                         group["lr"] = frac * cfg.learning_rate
                 self.policy.eval()
-                env_before = self.collector.timings["env"]
-                rollout = self._collect()
+                env_before = self.source.timings["env"]
+                self.source.sync_policy(self.policy)
+                rollout = self.source.collect(cfg.num_steps)
                 t_collected = time.perf_counter()
-                timings = {"env": self.collector.timings["env"] - env_before}
+                timings = {"env": self.source.timings["env"] - env_before}
                 timings["inference"] = t_collected - t0 - timings["env"]
                 self.global_step += cfg.batch_size
                 self._session_steps += cfg.batch_size
@@ -506,13 +432,15 @@ class Trainer:
                 for k, v in timings.items():
                     self.timing_totals[k] += v
                 self.elapsed += dt
-                recent = self.collector.recent_returns
+                self.recent_returns.extend(rollout.episode_returns)
+                self.recent_lengths.extend(rollout.episode_lengths)
+                recent = self.recent_returns
                 row = {
                     "step": self.global_step,
                     "time": round(self.elapsed, 3),
                     "update": self.update,
                     "episode_return": float(np.mean(recent)) if recent else math.nan,
-                    "episode_length": float(np.mean(self.collector.recent_lengths)) if recent else math.nan,
+                    "episode_length": float(np.mean(self.recent_lengths)) if recent else math.nan,
                     "episodes": len(rollout.episode_returns),
                     **stats,
                     "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
@@ -557,14 +485,9 @@ class Trainer:
         return {f"train_{k}": float(summary[k]) for k in keys if k in summary}
 
     def close(self) -> None:
-        """Close the environments, the evaluator and the metrics files (idempotent)."""
-        if getattr(self, "envs", None) is not None:
-            pending = getattr(getattr(self.envs, "_state", None), "value", "default") != "default"
-            if pending or worker_failed(self.envs):  # e.g. interrupted mid-step: no graceful close
-                force_close(self.envs)
-            else:
-                self.envs.close()
-            self.envs = None
+        """Close the rollout source, the evaluator and the metrics files (idempotent)."""
+        if getattr(self, "source", None) is not None:
+            self.source.close()
         if getattr(self, "_evaluator", None) is not None:
             self._close_evaluator()
         if getattr(self, "metrics", None) is not None:
