@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--num-envs", type=_positive_int, metavar="K", help="parallel environments")
     t.add_argument("--seed", type=_non_negative_int, metavar="S", help="random seed")
     t.add_argument("--async-envs", action="store_true", help="step environments in subprocesses")
+    t.add_argument("--backend", choices=("local", "ray"),
+                   help="where the environments run: local (default) or ray (Ray actors; the 'ray' extra)")
+    t.add_argument("--ray-address", metavar="ADDRESS",
+                   help="with --backend ray: join this Ray cluster (default: start a local Ray instance)")
+    t.add_argument("--num-workers", type=_positive_int, metavar="K", help="with --backend ray: rollout actors")
+    t.add_argument("--envs-per-worker", type=_positive_int, metavar="M",
+                   help="with --backend ray: environments per actor (default num_envs / K)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/ENV-seedS-TIME)")
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run from its latest checkpoint (only --total-steps may be given with it)")
@@ -245,7 +252,10 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         clashing = [flag for flag, value in (("--env", args.env), ("--config", args.config),
                                              ("--algo", args.algo), ("--num-envs", args.num_envs),
-                                             ("--seed", args.seed),
+                                             ("--seed", args.seed), ("--backend", args.backend),
+                                             ("--ray-address", args.ray_address),
+                                             ("--num-workers", args.num_workers),
+                                             ("--envs-per-worker", args.envs_per_worker),
                                              ("--out", args.out),
                                              *((_flag(k), v) for k, v in _metadrive_flags(args).items()))
                    if value is not None]
@@ -279,6 +289,9 @@ def _train(args: argparse.Namespace) -> int:
             overrides["seed"] = args.seed
         if args.async_envs:
             overrides["async_envs"] = True
+        for key in ("backend", "ray_address", "num_workers", "envs_per_worker"):
+            if getattr(args, key) is not None:
+                overrides[key] = getattr(args, key)
         md_flags = _metadrive_flags(args)
         if md_flags and not _is_metadrive(env_id):
             raise CLIError(f"{', '.join(map(_flag, md_flags))} only applies to MetaDrive (--env metadrive), "

@@ -177,8 +177,26 @@ class PPOConfig:
     0 means ``num_envs``."""
 
     max_env_restarts: int = 3
-    """When an ``AsyncVectorEnv`` worker crashes or is killed, the vector env is rebuilt and
-    the partial rollout discarded; give up after this many consecutive failures."""
+    """When an ``AsyncVectorEnv`` worker (or a Ray actor) crashes or is killed, it is rebuilt
+    and the partial rollout discarded; give up after this many consecutive failures."""
+
+    backend: str = "local"
+    """Where the environments run: ``local`` (this machine: ``SyncVectorEnv``,
+    ``AsyncVectorEnv`` or env groups) or ``ray`` (Ray actors, on this machine or a cluster;
+    needs the ``ray`` extra; see ``docs/scaling.md``)."""
+
+    ray_address: str = ""
+    """``backend = "ray"``: the address of a Ray cluster to join (e.g. ``ray://head:10001``
+    or ``auto``); empty starts a local Ray instance sized to this machine."""
+
+    num_workers: int = 0
+    """``backend = "ray"``: rollout actors K (0: one per env); ``num_envs`` stays the total."""
+
+    envs_per_worker: int = 0
+    """``backend = "ray"``: environments per actor M (0: ``num_envs / num_workers``)."""
+
+    ray_worker_cpus: float = 1.0
+    """``backend = "ray"``: CPUs Ray reserves per actor (locally capped so that all actors fit)."""
 
     def __post_init__(self) -> None:
         self.validate()
@@ -240,6 +258,22 @@ class PPOConfig:
         ):
             raise ConfigError(f"config key 'hidden_sizes' must be a non-empty list of positive ints, "
                               f"got {self.hidden_sizes!r}")
+        if self.backend not in ("local", "ray"):
+            raise ConfigError(f"config key 'backend' must be 'local' or 'ray', got {self.backend!r}")
+        for name in ("num_workers", "envs_per_worker"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(self, name)!r}")
+        if self.ray_worker_cpus <= 0:
+            raise ConfigError(f"config key 'ray_worker_cpus' must be > 0, got {self.ray_worker_cpus!r}")
+        if self.backend == "ray":
+            k = self.num_workers or self.num_envs
+            m = self.envs_per_worker or self.num_envs // k
+            if k * m != self.num_envs:
+                raise ConfigError(f"config keys 'num_workers' ({k}) x 'envs_per_worker' ({m}) must equal "
+                                  f"num_envs ({self.num_envs})")
+            if self.env_groups != 1:
+                raise ConfigError("config key 'env_groups' applies to the local backend; with backend 'ray' "
+                                  "the actors step in parallel")
         if self.deterministic_action not in ("mean", "expected"):
             raise ConfigError(f"config key 'deterministic_action' must be 'mean' or 'expected', "
                               f"got {self.deterministic_action!r}")

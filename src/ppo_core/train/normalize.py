@@ -20,7 +20,10 @@ class RunningMeanStd:
     def update(self, batch: np.ndarray) -> None:
         """Fold a batch of shape ``(B, *shape)`` into the statistics."""
         batch = np.asarray(batch, np.float64)
-        b_mean, b_var, b_count = batch.mean(axis=0), batch.var(axis=0), batch.shape[0]
+        self.merge(batch.mean(axis=0), batch.var(axis=0), batch.shape[0])
+
+    def merge(self, b_mean: np.ndarray, b_var: np.ndarray, b_count: float) -> None:
+        """Fold in the moments of another stream: its mean, (biased) variance and count."""
         delta = b_mean - self.mean
         total = self.count + b_count
         m2 = self.var * self.count + b_var * b_count + delta**2 * self.count * b_count / total

@@ -235,7 +235,11 @@ class VectorEnvSource:
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.obs_normalizer.load_state_dict(state["obs_normalizer"])
-        self.reward_scaler.load_state_dict(state["reward_scaler"])
+        scaler = state.get("reward_scaler")
+        if scaler is None:  # a run of the Ray backend resumed here: its actors' first scaler
+            scaler = next((s for s in state.get("reward_scalers") or [] if s is not None), None)
+        if scaler is not None:
+            self.reward_scaler.load_state_dict(scaler)
 
     def close(self) -> None:
         if self.envs is None:

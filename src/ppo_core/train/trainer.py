@@ -161,8 +161,14 @@ class Trainer:
         update = 0 if _resume_state is None else int(_resume_state["update"])
         if source is None:
             env_seed = config.seed if _resume_state is None else config.seed + 7919 * update
-            source = VectorEnvSource(config, env_fn or config.env_id, seed=env_seed, first_update=update,
-                                     update_stats_on_reset=_resume_state is None)
+            if config.backend == "ray":
+                from .ray_source import RaySource
+
+                make_source: Any = RaySource
+            else:
+                make_source = VectorEnvSource
+            source = make_source(config, env_fn or config.env_id, seed=env_seed, first_update=update,
+                                 update_stats_on_reset=_resume_state is None)
         self.source: RolloutSource = source
         """Where the rollouts come from (:class:`~.sources.RolloutSource`); the trainer owns and closes it."""
         self._env_source: Any = env_fn or config.env_id  # for evaluation
