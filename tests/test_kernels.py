@@ -22,6 +22,7 @@ test_discounted_returns_matches_spec_small = verify.discounted_returns_matches_s
 test_next_values_from_matches_spec = verify.next_values_from_matches_spec
 test_clipped_surrogate_matches_spec = verify.clipped_surrogate_matches_spec
 test_clipped_value_loss_matches_spec = verify.clipped_value_loss_matches_spec
+test_losses_on_integer_input_match_spec = verify.losses_on_integer_input_match_spec
 
 
 def rollout(T=7, N=3, dtype=np.float64, seed=0):
@@ -48,6 +49,10 @@ def call_gae(ro, gamma=0.99, lam=0.95):
     ((np.float32, np.float64, np.float32), np.float64),
     ((np.float32, np.int64, np.float32), np.float64),
     ((np.int32, np.int32, np.int32), np.float64),
+    ((np.int8, np.int8, np.int8), np.float64),
+    ((np.uint8, np.float32, np.uint8), np.float64),
+    ((np.float32, np.bool_, np.float32), np.float64),
+    ((np.float16, np.int16, np.float16), np.float64),
     ((np.float16, np.float16, np.float16), np.float32),
     ((np.float16, np.float32, np.float16), np.float32),
     ((np.float64, np.float64, np.float64), np.float64),
@@ -61,6 +66,61 @@ def test_result_dtype_rule(dtypes, expected):
     exp_adv, _ = spec.gae(*(np.asarray(ro[k], np.float64) for k in ("rewards", "values", "next_values")),
                           ro["terminated"], ro["truncated"], gamma=0.99, lam=0.95)
     np.testing.assert_allclose(adv, exp_adv, rtol=1e-5, atol=1e-5)
+
+
+INTEGER_DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64,
+                  np.uint8, np.uint16, np.uint32, np.uint64]
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_integer_and_bool_values_promote_to_float64(dtype):
+    """Any integer or bool value-carrying argument makes the result float64, as the
+    docs say (float32 would round int32 beyond 2^24 and overflow exp where float64 does
+    not), alone or mixed with float32."""
+    ro = rollout(T=6, N=2)
+    ints = {k: (np.abs(ro[k]) * 3).astype(dtype) for k in ("rewards", "values", "next_values")}
+    for mixed in (False, True):
+        vals = dict(ints)
+        if mixed:
+            vals["values"] = ro["values"].astype(np.float32)
+        adv, ret = ppo_core.gae(vals["rewards"], vals["values"], vals["next_values"],
+                                ro["terminated"], ro["truncated"], gamma=0.9, lam=0.8)
+        assert adv.dtype == ret.dtype == np.float64, (mixed, adv.dtype)
+        exp_adv, exp_ret = spec.gae(vals["rewards"], vals["values"], vals["next_values"],
+                                    ro["terminated"], ro["truncated"], gamma=0.9, lam=0.8)
+        np.testing.assert_allclose(adv, exp_adv, rtol=1e-12, atol=1e-12)
+        G = ppo_core.discounted_returns(vals["rewards"], ro["terminated"], ro["truncated"],
+                                        vals["next_values"], gamma=0.9)
+        assert G.dtype == np.float64
+        nv = ppo_core.next_values_from(vals["values"], vals["next_values"][-1])
+        assert nv.dtype == np.float64
+        for loss in (ppo_core.clipped_surrogate, ppo_core.clipped_value_loss):
+            res = loss(vals["rewards"], vals["values"], vals["next_values"], clip_coef=0.2)
+            assert res.grad.dtype == np.float64, (loss.__name__, mixed)
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_integer_and_bool_losses_equal_the_spec(dtype):
+    """Integer log-probs and advantages over the dtype's range: no wraparound (old >
+    new in an unsigned dtype), no overflow of exp (uint8 200 - 0 gives e^200, finite in
+    float64) and so no NaN where the spec is finite."""
+    info = np.iinfo(dtype) if dtype != np.bool_ else None
+    hi = 1 if info is None else min(int(info.max), 255)
+    lo = 0 if info is None else max(int(info.min), -255)
+    grid = np.array([lo, 0, 1, hi // 2, hi], dtype=np.int64)
+    new, old, adv = (np.array(x).astype(dtype) for x in
+                     np.meshgrid(grid, grid, np.clip(grid, lo, min(hi, 2)), indexing="ij"))
+    res = ppo_core.clipped_surrogate(new, old, adv, clip_coef=0.2)
+    exp = spec.clipped_surrogate(new, old, adv, clip_coef=0.2)
+    assert np.isfinite(exp.loss) and np.isfinite(exp.grad).all()
+    assert np.isfinite(res.loss) and np.isfinite(res.grad).all(), (res.loss, res.grad)
+    assert res.loss == pytest.approx(exp.loss, rel=1e-12)
+    np.testing.assert_allclose(res.grad, exp.grad, rtol=1e-12, atol=0)
+    assert res.clip_fraction == exp.clip_fraction
+    vres = ppo_core.clipped_value_loss(new, old, adv, clip_coef=0.5)
+    vexp = spec.clipped_value_loss(new, old, adv, clip_coef=0.5)
+    assert vres.loss == pytest.approx(vexp.loss, rel=1e-12)
+    np.testing.assert_allclose(vres.grad, vexp.grad, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("mask_dtype", [np.bool_, np.int8, np.uint8, np.int64, np.float32, np.float64])

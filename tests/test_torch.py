@@ -6,6 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ppo_core  # noqa: E402
+import ppo_core_spec  # noqa: E402
 from ppo_core import torch as pt  # noqa: E402
 
 CLIP = 0.2
@@ -376,3 +377,31 @@ def test_integer_inputs_give_a_float_loss():
     assert res.loss.dtype == torch.float64 and res.loss.item() == ref.loss
     v = pt.clipped_value_loss(torch.tensor([1, 2]), torch.tensor([1, 1]), torch.tensor([0, 0]))
     assert v.loss.dtype == torch.float64 and v.loss.item() == 1.25
+
+
+TORCH_INTEGER_DTYPES = [torch.bool, torch.int8, torch.int16, torch.int32, torch.int64,
+                        torch.uint8, torch.uint16, torch.uint32, torch.uint64]
+
+
+@pytest.mark.parametrize("dtype", TORCH_INTEGER_DTYPES, ids=str)
+def test_integer_and_bool_tensors_promote_to_float64(dtype):
+    """The NumPy API's rule through the torch layer: integer or bool values give float64
+    results, and a uint8 surrogate is finite where the spec is (old > new would wrap in
+    uint8 arithmetic; e^200 overflows float32)."""
+    hi = 1 if dtype == torch.bool else 200
+    new = torch.tensor([hi, 0, 1, 0], dtype=torch.int64).to(dtype)
+    old = torch.tensor([0, hi, 0, 0], dtype=torch.int64).to(dtype)
+    adv = torch.tensor([0, 1, 1, 0], dtype=torch.int64).to(dtype)
+    res = pt.clipped_surrogate_loss(new, old, adv, clip_coef=CLIP)
+    exp = ppo_core_spec.clipped_surrogate(new.numpy(), old.numpy(), adv.numpy(), clip_coef=CLIP)
+    assert res.loss.dtype == torch.float64
+    assert np.isfinite(exp.loss) and torch.isfinite(res.loss)
+    assert res.loss.item() == pytest.approx(exp.loss, rel=1e-12)
+    v = pt.clipped_value_loss(new, old, adv, clip_coef=0.5)
+    assert v.loss.dtype == torch.float64
+    assert v.loss.item() == pytest.approx(
+        ppo_core_spec.clipped_value_loss(new.numpy(), old.numpy(), adv.numpy(), clip_coef=0.5).loss,
+        rel=1e-12)
+    term = torch.zeros(4, dtype=torch.bool)
+    adv_t, ret_t = pt.gae(new, old, adv, term, term, gamma=0.9, lam=0.9)
+    assert adv_t.dtype == ret_t.dtype == torch.float64

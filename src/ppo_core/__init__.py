@@ -11,11 +11,13 @@ value. ``done = terminated | truncated`` cuts the recursion. ``next_values[t]`` 
 of the observation that really followed step t (the final observation when the
 episode ended there, never the reset observation).
 
-Dtypes: the result dtype is ``np.result_type`` of the value-carrying arguments,
-promoted to at least float32 (all float32 -> float32; any float64 or integer ->
-float64; float16 -> float32). Masks (``terminated``, ``truncated``, ``done``) may be
-bool, integer or float and are read as ``astype(bool)``. Complex, object or string
-arrays raise ``TypeError``.
+Dtypes: the result dtype follows from the value-carrying arguments: all float32 ->
+float32; float16 (alone or with float32) -> float32; any float64 -> float64; any
+integer or bool array (every width, signed or unsigned, alone or mixed with float32)
+-> float64. Integers are converted before any arithmetic, so unsigned input never
+wraps around (uint8 ``0 - 200`` is -200). Masks (``terminated``, ``truncated``,
+``done``) may be bool, integer or float and are read as ``astype(bool)``. Complex,
+object or string arrays raise ``TypeError``.
 
 The executable definition of each function is the NumPy reference in
 ``ppo_core_spec``; ``python -m ppo_core.verify`` checks this build against it.

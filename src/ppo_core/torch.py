@@ -5,9 +5,10 @@ them (``Tensor.numpy()`` shares memory, strides included), and wraps the
 kernels' NumPy results with ``torch.from_numpy`` (shares memory again), so no
 data is copied on the way in or out.
 
-Dtypes follow the NumPy API's rule (``np.result_type`` of the value-carrying
-arguments, promoted to at least float32; masks may be bool, integer or
-float). The one conversion made here: ``torch.bfloat16`` has no NumPy
+Dtypes follow the NumPy API's rule (see ``help(ppo_core)``: float32 stays
+float32, float16 becomes float32, any float64, integer or bool value-carrying
+argument makes the result float64; masks may be bool, integer or float). The
+one conversion made here: ``torch.bfloat16`` has no NumPy
 equivalent, so a bfloat16 tensor is converted to float32 (a copy) before the
 call; every other dtype is passed through as a view.
 

@@ -174,6 +174,43 @@ def minibatches(draw, max_n: int = 2000) -> Tuple[np.ndarray, np.ndarray, np.nda
     return tuple(relayout(x.astype(dtype), layout) for x in (a, b, c)) + (eps,)
 
 
+INTEGER_DTYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64,
+                  np.uint8, np.uint16, np.uint32, np.uint64)
+
+
+@st.composite
+def integer_minibatches(draw, max_n: int = 200):
+    """Loss inputs of one integer or bool dtype, 1-d or 2-d: small values, the dtype's
+    extremes within +-255 (uint8 200 - 0 is e^200, finite only in float64) and pairs
+    with old > new (which would wrap around in unsigned arithmetic)."""
+    dtype = np.dtype(draw(st.sampled_from(INTEGER_DTYPES)))
+    if dtype == np.bool_:
+        lo, hi = 0, 1
+    else:
+        info = np.iinfo(dtype)
+        lo, hi = max(int(info.min), -255), min(int(info.max), 255)
+    n = draw(st.integers(1, max_n))
+    shape = draw(st.sampled_from([(n,), (max(1, n // 4), 4)]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    small = (max(lo, -3), min(hi, 3))
+    out = []
+    for _ in range(3):
+        x = rng.integers(small[0], small[1] + 1, shape)
+        wide = rng.random(shape) < draw(st.sampled_from([0.0, 0.1, 0.5]))
+        x = np.where(wide, rng.integers(lo, hi + 1, shape), x)
+        out.append(x.astype(dtype))
+    eps = draw(st.sampled_from([0.1, 0.2]) | st.floats(0.01, 1.0))
+    return tuple(out) + (eps,)
+
+
+def documented_dtype(*arrays) -> np.dtype:
+    """The result dtype that ``help(ppo_core)`` promises for these value arrays."""
+    kinds = [np.asarray(a).dtype for a in arrays]
+    if any(d.kind in "biu" or d == np.float64 for d in kinds):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
 def _f64(x):
     return np.asarray(x, dtype=np.float64)
 
@@ -222,9 +259,10 @@ def check_next_values_from(ro: Rollout, with_final: bool) -> None:
 
 def _loss_atol(dtype, *arrays) -> float:
     # One exp / product per element, then a mean accumulated in float64 by both: the
-    # per-element rounding of the result dtype is the only difference.
+    # per-element rounding of the result dtype is the only difference. (Log-ratios are
+    # clipped where e^x would overflow float64; integer input reaches e^255.)
     eps = float(np.finfo(dtype).eps)
-    scale = max(float(np.max(np.abs(np.exp(np.clip(_f64(a), -50, 50))))) for a in arrays)
+    scale = max(float(np.max(np.abs(np.exp(np.clip(_f64(a), -700, 700))))) for a in arrays)
     return 16.0 * eps * (scale + 1.0)
 
 
@@ -241,10 +279,11 @@ def check_clipped_surrogate(new, old, adv, eps) -> None:
     exp = spec.clipped_surrogate(_f64(new), _f64(old), _f64(adv), clip_coef=eps)
     assert isinstance(res, ppo_core.SurrogateResult)
     assert all(isinstance(x, float) for x in (res.loss, res.clip_fraction, res.approx_kl))
-    assert res.grad.dtype == new.dtype and res.grad.shape == new.shape
+    dt = documented_dtype(new, old, adv)
+    assert res.grad.dtype == dt and res.grad.shape == new.shape, (res.grad.dtype, dt)
     n = new.size
-    atol = _loss_atol(new.dtype, new - old.astype(np.float64)) * (1 + float(np.max(np.abs(_f64(adv)))))
-    kink = _near_kink_surrogate(new, old, adv, eps, new.dtype)
+    atol = _loss_atol(dt, _f64(new) - _f64(old)) * (1 + float(np.max(np.abs(_f64(adv)))))
+    kink = _near_kink_surrogate(new, old, adv, eps, dt)
     assert abs(res.loss - exp.loss) <= atol, ("loss", res.loss, exp.loss)
     assert abs(res.approx_kl - exp.approx_kl) <= atol, ("approx_kl", res.approx_kl, exp.approx_kl)
     assert abs(res.clip_fraction - exp.clip_fraction) <= np.count_nonzero(kink) / n + 1e-12
@@ -257,9 +296,10 @@ def check_clipped_value_loss(values, old, returns, eps) -> None:
         res = ppo_core.clipped_value_loss(values, old, returns, clip_coef=clip)
         exp = spec.clipped_value_loss(_f64(values), _f64(old), _f64(returns), clip_coef=clip)
         assert isinstance(res, ppo_core.ValueLossResult) and isinstance(res.loss, float)
-        assert res.grad.dtype == values.dtype and res.grad.shape == values.shape
+        dt = documented_dtype(values, old, returns)
+        assert res.grad.dtype == dt and res.grad.shape == values.shape, (res.grad.dtype, dt)
         n = values.size
-        fe = float(np.finfo(values.dtype).eps)
+        fe = float(np.finfo(dt).eps)
         scale = 1.0 + max(float(np.max(np.abs(_f64(x)))) for x in (values, old, returns))
         atol = 16 * fe * scale * scale
         assert abs(res.loss - exp.loss) <= atol, ("loss", clip, res.loss, exp.loss)
@@ -322,6 +362,12 @@ def clipped_value_loss_matches_spec(mb):
     check_clipped_value_loss(*mb)
 
 
+@given(integer_minibatches())
+def losses_on_integer_input_match_spec(mb):
+    check_clipped_surrogate(*mb)
+    check_clipped_value_loss(*mb)
+
+
 PROPERTIES: Dict[str, Callable[[], None]] = {
     "gae == spec (large rollouts, seeded data)": gae_matches_spec,
     "gae == spec (small rollouts, every value drawn)": gae_matches_spec_small,
@@ -331,6 +377,7 @@ PROPERTIES: Dict[str, Callable[[], None]] = {
     "next_values_from == spec": next_values_from_matches_spec,
     "clipped_surrogate == spec (loss, grad, clip_fraction, approx_kl)": clipped_surrogate_matches_spec,
     "clipped_value_loss == spec (unclipped and clipped)": clipped_value_loss_matches_spec,
+    "both losses == spec on integer and bool input (float64 result)": losses_on_integer_input_match_spec,
 }
 
 
