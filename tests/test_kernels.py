@@ -23,6 +23,8 @@ test_next_values_from_matches_spec = verify.next_values_from_matches_spec
 test_clipped_surrogate_matches_spec = verify.clipped_surrogate_matches_spec
 test_clipped_value_loss_matches_spec = verify.clipped_value_loss_matches_spec
 test_losses_on_integer_input_match_spec = verify.losses_on_integer_input_match_spec
+test_clipped_surrogate_nan_rule_matches_spec = verify.clipped_surrogate_nan_rule_matches_spec
+test_clipped_value_loss_nan_rule_matches_spec = verify.clipped_value_loss_nan_rule_matches_spec
 
 
 def rollout(T=7, N=3, dtype=np.float64, seed=0):
@@ -222,6 +224,65 @@ def test_nan_reaches_losses(dtype):
     for clip in (None, 0.2):
         res = ppo_core.clipped_value_loss(a, b, A, clip_coef=clip)
         assert np.isnan(res.loss) and np.isnan(res.grad[1]) and np.isfinite(res.grad[0])
+
+
+NAN, INF = float("nan"), float("inf")
+
+# (values, old_values, returns): one element each, whose clipped value loss term must be
+# NaN (a NaN input, or inf - inf). Row 0 is the reported case: v = NaN gave grad 0 and
+# clip fraction 1 in the spec, NaN and 0 in the kernel.
+NAN_VALUE_CASES = [
+    (NAN, 0.0, 0.0), (0.0, NAN, 0.0), (0.0, 0.0, NAN), (NAN, NAN, NAN),
+    (INF, 0.0, INF), (INF, INF, 0.0), (-INF, -INF, 5.0), (3.0, NAN, 3.0),
+]
+
+
+@pytest.mark.parametrize("impl", [ppo_core, spec], ids=["kernel", "spec"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", NAN_VALUE_CASES, ids=str)
+def test_value_loss_nan_rule(impl, dtype, case):
+    """NaN propagates as IEEE arithmetic would: v_c = old + clip(v - old) is NaN when
+    v - old is, max() of two squared errors is NaN when either is (np.maximum,
+    torch.maximum), so the element's loss term and gradient are NaN; a NaN element is
+    not counted as clipped (NaN > x is false), as in the surrogate's clip fraction."""
+    v, old, R = (np.array([x, 0.5], dtype) for x in case)  # a finite second element
+    R[1], old[1] = 0.25, 0.5
+    res = ppo_core._clipped_value_loss(v, old, R, 0.2) if impl is ppo_core else \
+        spec.clipped_value_loss(v, old, R, clip_coef=0.2)
+    loss, grad, clip_fraction = res[0], res[1], res[2]
+    assert np.isnan(loss), loss
+    assert np.isnan(grad[0]) and grad[1] == pytest.approx(0.125), grad
+    assert clip_fraction == 0.0
+
+
+@pytest.mark.parametrize("impl", [ppo_core, spec], ids=["kernel", "spec"])
+def test_value_loss_nan_in_old_values_is_ignored_without_clipping(impl):
+    """Without clipping old_values is not part of the loss."""
+    v, old, R = np.array([1.0, 2.0]), np.array([NAN, INF]), np.array([0.0, 0.0])
+    if impl is ppo_core:
+        loss, grad, cf = ppo_core._clipped_value_loss(v, old, R, None)
+    else:
+        loss, grad, cf = spec.clipped_value_loss(v, old, R)
+    assert loss == 1.25 and list(grad) == [0.5, 1.0] and cf == 0.0
+
+
+# (new_log_prob, old_log_prob, advantage): the surrogate follows the same rule.
+NAN_SURROGATE_CASES = [(NAN, 0.0, 1.0), (0.0, NAN, -1.0), (0.0, 0.0, NAN), (5.0, 0.0, NAN),
+                       (INF, INF, 1.0), (INF, 0.0, 0.0)]
+
+
+@pytest.mark.parametrize("impl", [ppo_core, spec], ids=["kernel", "spec"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", NAN_SURROGATE_CASES, ids=str)
+def test_surrogate_nan_rule(impl, dtype, case):
+    new, old, A = (np.array([x, 0.0], dtype) for x in case)
+    A[1] = 1.0
+    res = impl.clipped_surrogate(new, old, A, clip_coef=0.2)
+    assert np.isnan(res.loss) and np.isnan(res.grad[0]), res
+    assert res.grad[1] == pytest.approx(-0.5)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ratio = np.exp(np.float64(case[0]) - np.float64(case[1]))
+    assert res.clip_fraction == (0.5 if abs(ratio - 1) > 0.2 else 0.0)
 
 
 # ---------------------------------------------------------------- gradients

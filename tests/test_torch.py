@@ -405,3 +405,23 @@ def test_integer_and_bool_tensors_promote_to_float64(dtype):
     term = torch.zeros(4, dtype=torch.bool)
     adv_t, ret_t = pt.gae(new, old, adv, term, term, gamma=0.9, lam=0.9)
     assert adv_t.dtype == ret_t.dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_rule_through_the_torch_layer(dtype):
+    """The kernels' (and the spec's) NaN rule reaches the torch losses: a NaN element
+    has a NaN gradient and is not counted as clipped; the others are untouched."""
+    v = torch.tensor([float("nan"), 0.5, 2.0], dtype=dtype, requires_grad=True)
+    old = torch.tensor([0.0, float("nan"), 0.0], dtype=dtype)
+    ret = torch.tensor([0.0, 0.0, 3.0], dtype=dtype)
+    res = pt.clipped_value_loss(v, old, ret, clip_coef=CLIP)
+    (grad,) = torch.autograd.grad(res.loss, v)
+    assert torch.isnan(res.loss) and torch.isnan(grad[:2]).all() and grad[2] == 0.0
+    assert res.clip_fraction == pytest.approx(1 / 3)  # only element 2: (0.2 - 3)^2 > (2 - 3)^2
+    exp = ppo_core_spec.clipped_value_loss(v.detach().numpy(), old.numpy(), ret.numpy(), clip_coef=CLIP)
+    assert np.isnan(exp.loss) and res.clip_fraction == exp.clip_fraction
+    x = torch.tensor([float("nan"), 0.1], dtype=dtype, requires_grad=True)
+    s = pt.clipped_surrogate_loss(x, torch.zeros(2, dtype=dtype), torch.ones(2, dtype=dtype), clip_coef=CLIP)
+    (g,) = torch.autograd.grad(s.loss, x)
+    assert torch.isnan(s.loss) and torch.isnan(g[0]) and torch.isfinite(g[1])
+    assert s.clip_fraction == 0.0

@@ -251,6 +251,12 @@ def clipped_surrogate(new_log_prob, old_log_prob, advantages, *, clip_coef):
     ``loss``, ``clip_fraction``, ``approx_kl`` are Python floats, accumulated in
     float64; ``grad`` has the result dtype and the inputs' shape.
 
+    NaN and inf follow IEEE arithmetic, as in the spec: an element with a NaN
+    log-prob or advantage (or inf - inf log-probs, or an inf ratio times a zero
+    advantage) has a NaN term and a NaN gradient, so the loss is NaN, and it is not
+    counted in ``clip_fraction``. Inputs are not scanned for NaN (a NaN loss is what
+    shows a diverged network, and a check would cost a pass over the data).
+
     Raises
     ------
     ValueError
@@ -298,6 +304,12 @@ def clipped_value_loss(values, old_values, returns, *, clip_coef=None):
 
     Ties: where the two squared errors are equal the unclipped rule is used
     (documented choice; autograd of ``torch.max`` would split the gradient there).
+
+    NaN and inf follow IEEE arithmetic, as in the spec: v_c is NaN where v - old is,
+    and the max of a NaN squared error and any other is NaN (``np.maximum``), so an
+    element with a NaN value, old value or return (or v - R = inf - inf) has a NaN
+    term and a NaN gradient, and is not counted as clipped. Without clipping
+    ``old_values`` is not read. Inputs are not scanned for NaN.
 
     Raises
     ------
