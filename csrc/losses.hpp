@@ -222,10 +222,10 @@ PPO_CORE_INLINE bool value_element(T v, T old, T r, T clip_coef, T inv_n, T& g, 
 // One block of the value loss: writes g[0..m) and terms {half squared error}; returns
 // the number of elements where the clipped term is larger.
 template <typename T, typename In>
-PPO_CORE_INLINE std::ptrdiff_t value_block(std::ptrdiff_t m, In val, In oldv, In ret, T clip_coef,
-                                           T inv_n, T* g, double (*terms)[kBlock]) {
+PPO_CORE_INLINE std::ptrdiff_t value_block(std::ptrdiff_t m, In val, In oldv, In ret, bool clip,
+                                           T clip_coef, T inv_n, T* g, double (*terms)[kBlock]) {
     Count<T> c = 0;
-    if (!(clip_coef > T(0))) {
+    if (!clip) {
         for (std::ptrdiff_t i = 0; i < m; ++i) {
             const T err = val[i] - ret[i];
             terms[0][i] = 0.5 * static_cast<double>(err * err);
@@ -319,27 +319,30 @@ struct ValueLossStats {
     double clip_fraction;
 };
 
-// clip_coef <= 0 means "no clipping" here (the facade maps None to it):
+// clip = false (clip_coef None in the facade): no clipping, old_values is not read:
 //   loss = 0.5 * mean((v - R)^2),  grad = (v - R) / n
-// otherwise, with v_c = old + clip(v - old, -eps, eps):
+// clip = true, with v_c = old + clip(v - old, -eps, eps):
 //   loss = 0.5 * mean(max((v - R)^2, (v_c - R)^2))
 //   grad = (v - R) / n    where (v - R)^2 >= (v_c - R)^2   (ties: the unclipped rule)
 //        = (v_c - R) / n  where the clipped term is larger and |v - old| < eps
 //        = 0              elsewhere
 //   clip_fraction = mean((v_c - R)^2 > (v - R)^2)
+// eps is the caller's clip_coef rounded to T, which may be 0 (float32 flushes 1e-50 to
+// 0): that is still clipping, to v_c = old, as old +- 1e-50 is in double. No value of
+// eps means "no clipping"; only clip = false does.
 // NaN (the spec's rule): v_c is NaN where v - old is, max() propagates a NaN squared
 // error, so an element with a NaN input (or inf - inf) has a NaN term and gradient and
 // is not counted as clipped. Without clipping old_values is not read.
 template <typename T>
 PPO_CORE_INLINE ValueLossStats clipped_value_loss(std::ptrdiff_t n, View1<T> values, View1<T> old_values,
-                                  View1<T> returns, T clip_coef, T* grad) {
+                                  View1<T> returns, bool clip, T clip_coef, T* grad) {
     const T inv_n = T(1) / T(n);
     detail::LaneSums<1> sums;
     const std::ptrdiff_t clipped = detail::for_blocks(
         n, values, old_values, returns, grad, sums,
         [&](std::ptrdiff_t m, auto v, auto old, auto ret, T* g,
             double (*terms)[detail::kBlock]) PPO_CORE_LAMBDA_INLINE {
-            return detail::value_block(m, v, old, ret, clip_coef, inv_n, g, terms);
+            return detail::value_block(m, v, old, ret, clip, clip_coef, inv_n, g, terms);
         });
     const double dn = static_cast<double>(n);
     return {sums.total(0) / dn, static_cast<double>(clipped) / dn};

@@ -285,6 +285,66 @@ def test_surrogate_nan_rule(impl, dtype, case):
     assert res.clip_fraction == (0.5 if abs(ratio - 1) > 0.2 else 0.0)
 
 
+@pytest.mark.parametrize("clip", [1e-50, 1e-46, 1e-40, 1e-9])
+def test_tiny_clip_coef_clips_in_float32_as_in_float64(clip):
+    """A clip_coef that rounds to 0 (or a subnormal) in float32 still clips: float32,
+    float64 and the spec agree. 0 is not a "no clipping" sentinel (None is); with eps
+    -> 0 the clipped value is old itself, as old +- 1e-50 is in float64."""
+    rng = np.random.default_rng(0)
+    v64 = np.array([1.0, -0.5, 2.0, 0.25] + list(rng.normal(size=300)))
+    old64 = np.array([0.0, 0.5, 2.0, 0.5] + list(v64[4:] + rng.normal(0, 0.3, 300)))
+    R64 = np.array([1.0, 0.0, 3.0, -1.0] + list(rng.normal(size=300)))
+    v, old, R = (x.astype(np.float32) for x in (v64, old64, R64))
+    got32 = ppo_core._clipped_value_loss(v, old, R, clip)
+    got64 = ppo_core._clipped_value_loss(v.astype(np.float64), old.astype(np.float64),
+                                         R.astype(np.float64), clip)
+    exp = spec.clipped_value_loss(v, old, R, clip_coef=clip)
+    assert ppo_core.clipped_value_loss(np.float32([1]), np.float32([0]), np.float32([1]),
+                                       clip_coef=clip).loss == 0.5  # the reported case
+    assert got32[0] == pytest.approx(exp.loss, rel=1e-6) and got64[0] == pytest.approx(exp.loss, rel=1e-14)
+    np.testing.assert_allclose(got32[1], exp.grad, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got64[1], exp.grad, rtol=1e-15, atol=0)  # x / n vs x * (1 / n)
+    assert got32[2] == got64[2] == exp.clip_fraction > 0.4
+    # The surrogate: 1 +- eps is 1 in both dtypes, so every ratio off 1 is clipped.
+    new, oldlp, A = v, old, R
+    s32 = ppo_core.clipped_surrogate(new, oldlp, A, clip_coef=clip)
+    s64 = ppo_core.clipped_surrogate(new.astype(np.float64), oldlp.astype(np.float64),
+                                     A.astype(np.float64), clip_coef=clip)
+    sexp = spec.clipped_surrogate(new, oldlp, A, clip_coef=clip)
+    assert s32.clip_fraction == s64.clip_fraction == sexp.clip_fraction
+    assert s32.loss == pytest.approx(sexp.loss, rel=1e-6) and s64.loss == pytest.approx(sexp.loss, rel=1e-14)
+    np.testing.assert_allclose(s32.grad, sexp.grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("clip", [1e39, 1e300])
+def test_huge_clip_coef_stays_finite_in_float32(clip):
+    """clip_coef beyond FLT_MAX saturates instead of becoming inf in float32, so an inf
+    old value clips as in float64: v_c = inf - eps = inf, not v (d < -inf is false)."""
+    v, old, R = np.array([0.0, 1.0]), np.array([np.inf, 0.5]), np.array([0.0, 0.0])
+    exp = spec.clipped_value_loss(v, old, R, clip_coef=clip)
+    for dt in (np.float32, np.float64):
+        loss, grad, cf = ppo_core._clipped_value_loss(v.astype(dt), old.astype(dt), R.astype(dt), clip)
+        assert loss == exp.loss == np.inf and cf == exp.clip_fraction == 0.5, (dt, loss, cf)
+        np.testing.assert_array_equal(grad, exp.grad)
+    s = ppo_core.clipped_surrogate(np.float32([np.inf, 0.1]), np.float32([0, 0]),
+                                   np.float32([1, 1]), clip_coef=clip)
+    sexp = spec.clipped_surrogate([np.inf, 0.1], [0, 0], [1, 1], clip_coef=clip)
+    np.testing.assert_allclose(s.grad, sexp.grad, rtol=1e-6)  # inf ratio, A > 0: clipped
+    assert s.grad[0] == 0.0 and s.clip_fraction == sexp.clip_fraction == 0.5
+
+
+def test_core_value_loss_takes_none_for_no_clipping_and_rejects_bad_clip_coef():
+    core = ppo_core._core
+    x = np.array([1.0, 2.0])
+    loss, grad, cf = core.clipped_value_loss(x, np.zeros(2), np.zeros(2), clip_coef=None)
+    assert loss == 1.25 and cf == 0.0
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="clip_coef"):
+            core.clipped_value_loss(x, x, x, clip_coef=bad)
+        with pytest.raises(ValueError, match="clip_coef"):
+            core.clipped_surrogate(x, x, x, clip_coef=bad)
+
+
 # ---------------------------------------------------------------- gradients
 
 def finite_difference(f, x, h=1e-6):

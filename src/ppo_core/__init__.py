@@ -229,7 +229,9 @@ def clipped_surrogate(new_log_prob, old_log_prob, advantages, *, clip_coef):
     Parameters
     ----------
     new_log_prob, old_log_prob, advantages : array_like, any shape, all equal
-    clip_coef : float > 0 (epsilon)
+    clip_coef : float > 0 (epsilon). The kernel uses it rounded to the result dtype,
+        saturating at the dtype's largest finite value. One that rounds to 0 (1e-50
+        in float32) clips every ratio to 1, as 1 +- 1e-50 does in float64.
 
     Returns
     -------
@@ -275,7 +277,7 @@ def clipped_surrogate(new_log_prob, old_log_prob, advantages, *, clip_coef):
 
 def _clipped_value_loss(values, old_values, returns, clip_coef):
     """:func:`clipped_value_loss` plus the clip fraction (for ``ppo_core.torch``)."""
-    eps = 0.0 if clip_coef is None else _v.positive("clip_coef", clip_coef)
+    eps = None if clip_coef is None else _v.positive("clip_coef", clip_coef)
     shape, (v, old, ret) = _loss_inputs(
         [("values", values), ("old_values", old_values), ("returns", returns)])
     loss, grad, clip_fraction = _core.clipped_value_loss(v, old, ret, clip_coef=eps)
@@ -288,7 +290,10 @@ def clipped_value_loss(values, old_values, returns, *, clip_coef=None):
     Parameters
     ----------
     values, old_values, returns : array_like, any shape, all equal
-    clip_coef : float > 0, or None for the plain squared error
+    clip_coef : float > 0, or None for the plain squared error. Used rounded to the
+        result dtype, saturating at its largest finite value; one that rounds to 0
+        (1e-50 in float32) still clips, to v_c = old_values, as old +- 1e-50 does in
+        float64. Only None turns clipping off.
 
     Returns
     -------

@@ -157,6 +157,18 @@ def rollouts(draw, max_t: int = 3000, max_n: int = 64, small: bool = False,
                    draw(unit), draw(unit))
 
 
+# clip_coef: the usual values, and extremes that float32 cannot hold: 1e-50 and 1e-46
+# round to 0, 1e-40 to a subnormal, 1e39 and 1e300 saturate at FLT_MAX. Those must still
+# compute what float64 and the spec compute (eps -> 0 clips to the old value or ratio 1;
+# a huge eps never clips a finite input). With inf inputs a huge eps is left out: an inf
+# ratio clipped to 1 + eps, times A, overflows float32's range where float64 has room.
+tiny_clip_coefs = st.sampled_from([1e-50, 1e-46, 1e-40, 1e-9])
+clip_coefs = st.one_of(st.sampled_from([0.1, 0.2, 0.3]), st.floats(0.01, 1.0),
+                       tiny_clip_coefs, st.sampled_from([1e39, 1e300]))
+finite_clip_coefs = st.one_of(st.sampled_from([0.1, 0.2, 0.3]), st.floats(0.01, 1.0),
+                              tiny_clip_coefs)
+
+
 @st.composite
 def minibatches(draw, max_n: int = 2000, nonfinite: bool = False
                 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -182,7 +194,7 @@ def minibatches(draw, max_n: int = 2000, nonfinite: bool = False
             same = rng.random(shape) < rate
             b[same] = src[same]
     layout = draw(st.sampled_from(("C",) * 3 + LAYOUTS))
-    eps = draw(st.sampled_from([0.1, 0.2, 0.3]) | st.floats(0.01, 1.0))
+    eps = draw(finite_clip_coefs if nonfinite else clip_coefs)
     return tuple(relayout(x.astype(dtype), layout) for x in (a, b, c)) + (eps,)
 
 
@@ -211,8 +223,7 @@ def integer_minibatches(draw, max_n: int = 200):
         wide = rng.random(shape) < draw(st.sampled_from([0.0, 0.1, 0.5]))
         x = np.where(wide, rng.integers(lo, hi + 1, shape), x)
         out.append(x.astype(dtype))
-    eps = draw(st.sampled_from([0.1, 0.2]) | st.floats(0.01, 1.0))
-    return tuple(out) + (eps,)
+    return tuple(out) + (draw(clip_coefs),)
 
 
 def documented_dtype(*arrays) -> np.dtype:
@@ -405,11 +416,13 @@ def next_values_from_matches_spec(ro, with_final):
 
 
 @given(minibatches())
+@example((np.float32([0.5, -0.5]), np.float32([0, 0]), np.float32([1, 1]), 1e-50))
 def clipped_surrogate_matches_spec(mb):
     check_clipped_surrogate(*mb)
 
 
 @given(minibatches())
+@example((np.float32([1]), np.float32([0]), np.float32([1]), 1e-50))  # float32 eps = 0
 def clipped_value_loss_matches_spec(mb):
     check_clipped_value_loss(*mb)
 
