@@ -468,6 +468,21 @@ PROPERTIES: Dict[str, Callable[[], None]] = {
 }
 
 
+def _run_with(prop: Callable[[], None], run_settings: settings) -> None:
+    """Run a @given property with these settings. @given binds the settings in force
+    when the module is imported (the default profile, or the test-suite's), before
+    main() knows --examples; applying @settings would mark the module's function for
+    good (a second application raises), and loading a profile would not reach it. So
+    the bound settings are swapped for the run, where @given looks them up, and put
+    back."""
+    bound = prop._hypothesis_internal_use_settings  # type: ignore[attr-defined]
+    prop._hypothesis_internal_use_settings = run_settings  # type: ignore[attr-defined]
+    try:
+        prop()
+    finally:
+        prop._hypothesis_internal_use_settings = bound  # type: ignore[attr-defined]
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ppo_core.verify",
@@ -480,10 +495,9 @@ def main(argv: List[str] | None = None) -> int:
     if args.examples < 1:
         parser.error("--examples must be >= 1")
 
-    settings.register_profile(
-        "ppo_core_verify", max_examples=args.examples, deadline=None, derandomize=False,
-        database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    settings.load_profile("ppo_core_verify")
+    run_settings = settings(
+        max_examples=args.examples, deadline=None, derandomize=False, database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     print(f"ppo_core {ppo_core.__version__} from {ppo_core.__file__}")
     print(f"spec: {spec.__file__}")
     print(f"numpy {np.__version__}; {args.examples} examples per property; "
@@ -499,7 +513,7 @@ def main(argv: List[str] | None = None) -> int:
             from hypothesis import seed as hseed
             run = hseed(args.seed)(prop)
         try:
-            run()
+            _run_with(run, run_settings)
         except Exception as exc:  # report every property, then fail
             failed += 1
             print(f"FAIL  {name}\n      {type(exc).__name__}: {exc}")
