@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <optional>
@@ -196,6 +197,21 @@ py::array next_values_from_impl(const py::array& values, const py::array& last_v
     return out;
 }
 
+// clip_coef must be > 0 (and not NaN). In the kernel's dtype it is rounded to nearest,
+// saturating at the largest finite value: a finite clip_coef stays finite (1e39 in
+// float32 is FLT_MAX, not inf, so old + clip(-inf, -eps, eps) is old - eps as in
+// double, not inf - inf). It may round to 0 (1e-50 in float32), which the kernels read
+// as eps = 0, clipping to old_values or to ratio 1 as double does with old +- 1e-50 and
+// 1 +- 1e-50; never as "no clipping" (that is clip_coef None).
+template <typename T>
+T clip_in(double clip_coef) {
+    if (!(clip_coef > 0.0))
+        throw py::value_error("clip_coef: expected a number > 0, got " +
+                              std::string(py::str(py::float_(clip_coef))));
+    constexpr double kMax = static_cast<double>(std::numeric_limits<T>::max());
+    return clip_coef > kMax ? std::numeric_limits<T>::max() : static_cast<T>(clip_coef);
+}
+
 void require_1d_same(const py::array& a, const py::array& ref, const char* name) {
     if (a.ndim() != 1 || a.shape(0) != ref.shape(0))
         throw py::value_error(std::string(name) + ": expected a 1-d array of length " +
@@ -211,6 +227,7 @@ std::tuple<double, py::array, double, double> clipped_surrogate_impl(
     require_1d_same(advantages, new_log_prob, "advantages");
     require_dtype<T>(old_log_prob, "old_log_prob");
     require_dtype<T>(advantages, "advantages");
+    const T eps = clip_in<T>(clip_coef);
     const auto n = new_log_prob.shape(0);
     if (n == 0) throw py::value_error("new_log_prob: empty input (a mean over nothing)");
     auto grad = py::array_t<T>(n);
@@ -220,7 +237,7 @@ std::tuple<double, py::array, double, double> clipped_surrogate_impl(
     ppo_core::SurrogateStats s;
     {
         py::gil_scoped_release release;  // as in gae_impl
-        s = ppo_core::dispatch::clipped_surrogate(n, nlp, olp, adv, T(clip_coef), pg);
+        s = ppo_core::dispatch::clipped_surrogate(n, nlp, olp, adv, eps, pg);
     }
     return {s.loss, grad, s.clip_fraction, s.approx_kl};
 }
@@ -229,12 +246,14 @@ template <typename T>
 std::tuple<double, py::array, double> clipped_value_loss_impl(const py::array& values,
                                                               const py::array& old_values,
                                                               const py::array& returns,
-                                                              double clip_coef) {
+                                                              std::optional<double> clip_coef) {
     require_1d_same(values, values, "values");
     require_1d_same(old_values, values, "old_values");
     require_1d_same(returns, values, "returns");
     require_dtype<T>(old_values, "old_values");
     require_dtype<T>(returns, "returns");
+    const bool clip = clip_coef.has_value();
+    const T eps = clip ? clip_in<T>(*clip_coef) : T(0);
     const auto n = values.shape(0);
     if (n == 0) throw py::value_error("values: empty input (a mean over nothing)");
     auto grad = py::array_t<T>(n);
@@ -243,7 +262,7 @@ std::tuple<double, py::array, double> clipped_value_loss_impl(const py::array& v
     ppo_core::ValueLossStats s;
     {
         py::gil_scoped_release release;  // as in gae_impl
-        s = ppo_core::dispatch::clipped_value_loss(n, v, old, ret, T(clip_coef), pg);
+        s = ppo_core::dispatch::clipped_value_loss(n, v, old, ret, clip, eps, pg);
     }
     return {s.loss, grad, s.clip_fraction};
 }
@@ -313,7 +332,7 @@ void register_losses(py::module_& m) {
     m.def(
         "clipped_value_loss",
         [](const py::array& values, const py::array& old_values, const py::array& returns,
-           double clip_coef) {
+           std::optional<double> clip_coef) {
             return by_dtype(
                 values, "values",
                 [&] { return clipped_value_loss_impl<float>(values, old_values, returns, clip_coef); },

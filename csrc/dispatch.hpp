@@ -35,8 +35,9 @@ namespace ppo_core::dispatch {
         return ppo_core::clipped_surrogate<T>(n, nlp, olp, adv, eps, grad);                \
     }                                                                                      \
     PPO_CORE_CLONES inline ValueLossStats clipped_value_loss(                              \
-        std::ptrdiff_t n, View1<T> v, View1<T> old, View1<T> ret, T eps, T* grad) {        \
-        return ppo_core::clipped_value_loss<T>(n, v, old, ret, eps, grad);                 \
+        std::ptrdiff_t n, View1<T> v, View1<T> old, View1<T> ret, bool clip, T eps,        \
+        T* grad) {                                                                         \
+        return ppo_core::clipped_value_loss<T>(n, v, old, ret, clip, eps, grad);           \
     }
 
 PPO_CORE_DEFINE_FOR(float)

@@ -17,6 +17,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 
 #include "strided.hpp"
@@ -185,7 +186,8 @@ PPO_CORE_INLINE std::ptrdiff_t surrogate_block(std::ptrdiff_t m, In nlp, In olp,
         const T unclipped = ratio * a;
         const T r_c = ratio < lo ? lo : (ratio > hi ? hi : ratio);
         const T clipped_obj = r_c * a;
-        // min() that returns NaN when either side is NaN.
+        // min() that returns NaN when either side is NaN (clipped_obj is NaN only when
+        // unclipped is: a NaN ratio or advantage; r_c is finite otherwise).
         const T obj = clipped_obj < unclipped ? clipped_obj : unclipped;
         const bool active = ((a > T(0)) & (ratio > hi)) | ((a < T(0)) & (ratio < lo));
         g[i] = active ? T(0) : -a * ratio * inv_n;
@@ -196,13 +198,34 @@ PPO_CORE_INLINE std::ptrdiff_t surrogate_block(std::ptrdiff_t m, In nlp, In olp,
     return c;
 }
 
+// One element of the clipped value loss by the spec's rule, NaN included: v_c is NaN
+// where d = v - old is (old + clip(NaN) is NaN), and max(sq, sq_c) propagates a NaN
+// (neither comparison holds exactly when one is NaN; then sq + sq_c and err + err_c
+// are NaN, as x * x is NaN only for a NaN x). A NaN element is not counted as clipped.
+template <typename T>
+PPO_CORE_INLINE bool value_element(T v, T old, T r, T clip_coef, T inv_n, T& g, double& term) {
+    const T d = v - old;
+    const T v_c = d < -clip_coef ? old - clip_coef
+                : (d > clip_coef ? old + clip_coef : (d == d ? v : d));
+    const T err = v - r;
+    const T err_c = v_c - r;
+    const T sq = err * err;
+    const T sq_c = err_c * err_c;
+    const bool take_c = sq_c > sq;
+    const bool take_u = sq >= sq_c;
+    term = 0.5 * static_cast<double>(take_c ? sq_c : (take_u ? sq : sq + sq_c));
+    g = take_c ? (std::fabs(d) < clip_coef ? err_c * inv_n : T(0))
+               : (take_u ? err * inv_n : (err + err_c) * inv_n);
+    return take_c;
+}
+
 // One block of the value loss: writes g[0..m) and terms {half squared error}; returns
 // the number of elements where the clipped term is larger.
 template <typename T, typename In>
-PPO_CORE_INLINE std::ptrdiff_t value_block(std::ptrdiff_t m, In val, In oldv, In ret, T clip_coef,
-                                           T inv_n, T* g, double (*terms)[kBlock]) {
+PPO_CORE_INLINE std::ptrdiff_t value_block(std::ptrdiff_t m, In val, In oldv, In ret, bool clip,
+                                           T clip_coef, T inv_n, T* g, double (*terms)[kBlock]) {
     Count<T> c = 0;
-    if (!(clip_coef > T(0))) {
+    if (!clip) {
         for (std::ptrdiff_t i = 0; i < m; ++i) {
             const T err = val[i] - ret[i];
             terms[0][i] = 0.5 * static_cast<double>(err * err);
@@ -210,6 +233,12 @@ PPO_CORE_INLINE std::ptrdiff_t value_block(std::ptrdiff_t m, In val, In oldv, In
         }
         return 0;
     }
+    // The vectorized loop below is value_element with two selects fewer: for a finite
+    // old value they agree exactly (d is NaN only for a NaN v, whose sq is NaN too, and
+    // v_c is finite or v, so sq_c is NaN only when sq is). Where an old value is inf or
+    // NaN the block is redone element by element.
+    Count<T> nonfinite_old = 0;
+    constexpr T kMax = std::numeric_limits<T>::max();
     for (std::ptrdiff_t i = 0; i < m; ++i) {
         const T v = val[i];
         const T old = oldv[i];
@@ -221,11 +250,18 @@ PPO_CORE_INLINE std::ptrdiff_t value_block(std::ptrdiff_t m, In val, In oldv, In
         const T err_c = v_c - ret[i];
         const T sq = err * err;
         const T sq_c = err_c * err_c;
-        // The unclipped term also when either is NaN, so the NaN reaches the loss.
+        // The unclipped term also when either is NaN: with a finite old value that is
+        // sq, so the NaN reaches the loss.
         const bool take_c = sq_c > sq;
         c += take_c;
         terms[0][i] = 0.5 * static_cast<double>(take_c ? sq_c : sq);
         g[i] = take_c ? (std::fabs(d) < clip_coef ? err_c * inv_n : T(0)) : err * inv_n;
+        nonfinite_old |= !(std::fabs(old) <= kMax);
+    }
+    if (nonfinite_old) {
+        c = 0;
+        for (std::ptrdiff_t i = 0; i < m; ++i)
+            c += value_element(val[i], oldv[i], ret[i], clip_coef, inv_n, g[i], terms[0][i]);
     }
     return c;
 }
@@ -283,24 +319,30 @@ struct ValueLossStats {
     double clip_fraction;
 };
 
-// clip_coef <= 0 means "no clipping" here (the facade maps None to it):
+// clip = false (clip_coef None in the facade): no clipping, old_values is not read:
 //   loss = 0.5 * mean((v - R)^2),  grad = (v - R) / n
-// otherwise, with v_c = old + clip(v - old, -eps, eps):
+// clip = true, with v_c = old + clip(v - old, -eps, eps):
 //   loss = 0.5 * mean(max((v - R)^2, (v_c - R)^2))
 //   grad = (v - R) / n    where (v - R)^2 >= (v_c - R)^2   (ties: the unclipped rule)
 //        = (v_c - R) / n  where the clipped term is larger and |v - old| < eps
 //        = 0              elsewhere
 //   clip_fraction = mean((v_c - R)^2 > (v - R)^2)
+// eps is the caller's clip_coef rounded to T, which may be 0 (float32 flushes 1e-50 to
+// 0): that is still clipping, to v_c = old, as old +- 1e-50 is in double. No value of
+// eps means "no clipping"; only clip = false does.
+// NaN (the spec's rule): v_c is NaN where v - old is, max() propagates a NaN squared
+// error, so an element with a NaN input (or inf - inf) has a NaN term and gradient and
+// is not counted as clipped. Without clipping old_values is not read.
 template <typename T>
 PPO_CORE_INLINE ValueLossStats clipped_value_loss(std::ptrdiff_t n, View1<T> values, View1<T> old_values,
-                                  View1<T> returns, T clip_coef, T* grad) {
+                                  View1<T> returns, bool clip, T clip_coef, T* grad) {
     const T inv_n = T(1) / T(n);
     detail::LaneSums<1> sums;
     const std::ptrdiff_t clipped = detail::for_blocks(
         n, values, old_values, returns, grad, sums,
         [&](std::ptrdiff_t m, auto v, auto old, auto ret, T* g,
             double (*terms)[detail::kBlock]) PPO_CORE_LAMBDA_INLINE {
-            return detail::value_block(m, v, old, ret, clip_coef, inv_n, g, terms);
+            return detail::value_block(m, v, old, ret, clip, clip_coef, inv_n, g, terms);
         });
     const double dn = static_cast<double>(n);
     return {sums.total(0) / dn, static_cast<double>(clipped) / dn};

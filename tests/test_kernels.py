@@ -22,6 +22,9 @@ test_discounted_returns_matches_spec_small = verify.discounted_returns_matches_s
 test_next_values_from_matches_spec = verify.next_values_from_matches_spec
 test_clipped_surrogate_matches_spec = verify.clipped_surrogate_matches_spec
 test_clipped_value_loss_matches_spec = verify.clipped_value_loss_matches_spec
+test_losses_on_integer_input_match_spec = verify.losses_on_integer_input_match_spec
+test_clipped_surrogate_nan_rule_matches_spec = verify.clipped_surrogate_nan_rule_matches_spec
+test_clipped_value_loss_nan_rule_matches_spec = verify.clipped_value_loss_nan_rule_matches_spec
 
 
 def rollout(T=7, N=3, dtype=np.float64, seed=0):
@@ -48,6 +51,10 @@ def call_gae(ro, gamma=0.99, lam=0.95):
     ((np.float32, np.float64, np.float32), np.float64),
     ((np.float32, np.int64, np.float32), np.float64),
     ((np.int32, np.int32, np.int32), np.float64),
+    ((np.int8, np.int8, np.int8), np.float64),
+    ((np.uint8, np.float32, np.uint8), np.float64),
+    ((np.float32, np.bool_, np.float32), np.float64),
+    ((np.float16, np.int16, np.float16), np.float64),
     ((np.float16, np.float16, np.float16), np.float32),
     ((np.float16, np.float32, np.float16), np.float32),
     ((np.float64, np.float64, np.float64), np.float64),
@@ -61,6 +68,61 @@ def test_result_dtype_rule(dtypes, expected):
     exp_adv, _ = spec.gae(*(np.asarray(ro[k], np.float64) for k in ("rewards", "values", "next_values")),
                           ro["terminated"], ro["truncated"], gamma=0.99, lam=0.95)
     np.testing.assert_allclose(adv, exp_adv, rtol=1e-5, atol=1e-5)
+
+
+INTEGER_DTYPES = [np.bool_, np.int8, np.int16, np.int32, np.int64,
+                  np.uint8, np.uint16, np.uint32, np.uint64]
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_integer_and_bool_values_promote_to_float64(dtype):
+    """Any integer or bool value-carrying argument makes the result float64, as the
+    docs say (float32 would round int32 beyond 2^24 and overflow exp where float64 does
+    not), alone or mixed with float32."""
+    ro = rollout(T=6, N=2)
+    ints = {k: (np.abs(ro[k]) * 3).astype(dtype) for k in ("rewards", "values", "next_values")}
+    for mixed in (False, True):
+        vals = dict(ints)
+        if mixed:
+            vals["values"] = ro["values"].astype(np.float32)
+        adv, ret = ppo_core.gae(vals["rewards"], vals["values"], vals["next_values"],
+                                ro["terminated"], ro["truncated"], gamma=0.9, lam=0.8)
+        assert adv.dtype == ret.dtype == np.float64, (mixed, adv.dtype)
+        exp_adv, exp_ret = spec.gae(vals["rewards"], vals["values"], vals["next_values"],
+                                    ro["terminated"], ro["truncated"], gamma=0.9, lam=0.8)
+        np.testing.assert_allclose(adv, exp_adv, rtol=1e-12, atol=1e-12)
+        G = ppo_core.discounted_returns(vals["rewards"], ro["terminated"], ro["truncated"],
+                                        vals["next_values"], gamma=0.9)
+        assert G.dtype == np.float64
+        nv = ppo_core.next_values_from(vals["values"], vals["next_values"][-1])
+        assert nv.dtype == np.float64
+        for loss in (ppo_core.clipped_surrogate, ppo_core.clipped_value_loss):
+            res = loss(vals["rewards"], vals["values"], vals["next_values"], clip_coef=0.2)
+            assert res.grad.dtype == np.float64, (loss.__name__, mixed)
+
+
+@pytest.mark.parametrize("dtype", INTEGER_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_integer_and_bool_losses_equal_the_spec(dtype):
+    """Integer log-probs and advantages over the dtype's range: no wraparound (old >
+    new in an unsigned dtype), no overflow of exp (uint8 200 - 0 gives e^200, finite in
+    float64) and so no NaN where the spec is finite."""
+    info = np.iinfo(dtype) if dtype != np.bool_ else None
+    hi = 1 if info is None else min(int(info.max), 255)
+    lo = 0 if info is None else max(int(info.min), -255)
+    grid = np.array([lo, 0, 1, hi // 2, hi], dtype=np.int64)
+    new, old, adv = (np.array(x).astype(dtype) for x in
+                     np.meshgrid(grid, grid, np.clip(grid, lo, min(hi, 2)), indexing="ij"))
+    res = ppo_core.clipped_surrogate(new, old, adv, clip_coef=0.2)
+    exp = spec.clipped_surrogate(new, old, adv, clip_coef=0.2)
+    assert np.isfinite(exp.loss) and np.isfinite(exp.grad).all()
+    assert np.isfinite(res.loss) and np.isfinite(res.grad).all(), (res.loss, res.grad)
+    assert res.loss == pytest.approx(exp.loss, rel=1e-12)
+    np.testing.assert_allclose(res.grad, exp.grad, rtol=1e-12, atol=0)
+    assert res.clip_fraction == exp.clip_fraction
+    vres = ppo_core.clipped_value_loss(new, old, adv, clip_coef=0.5)
+    vexp = spec.clipped_value_loss(new, old, adv, clip_coef=0.5)
+    assert vres.loss == pytest.approx(vexp.loss, rel=1e-12)
+    np.testing.assert_allclose(vres.grad, vexp.grad, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("mask_dtype", [np.bool_, np.int8, np.uint8, np.int64, np.float32, np.float64])
@@ -162,6 +224,125 @@ def test_nan_reaches_losses(dtype):
     for clip in (None, 0.2):
         res = ppo_core.clipped_value_loss(a, b, A, clip_coef=clip)
         assert np.isnan(res.loss) and np.isnan(res.grad[1]) and np.isfinite(res.grad[0])
+
+
+NAN, INF = float("nan"), float("inf")
+
+# (values, old_values, returns): one element each, whose clipped value loss term must be
+# NaN (a NaN input, or inf - inf). Row 0 is the reported case: v = NaN gave grad 0 and
+# clip fraction 1 in the spec, NaN and 0 in the kernel.
+NAN_VALUE_CASES = [
+    (NAN, 0.0, 0.0), (0.0, NAN, 0.0), (0.0, 0.0, NAN), (NAN, NAN, NAN),
+    (INF, 0.0, INF), (INF, INF, 0.0), (-INF, -INF, 5.0), (3.0, NAN, 3.0),
+]
+
+
+@pytest.mark.parametrize("impl", [ppo_core, spec], ids=["kernel", "spec"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", NAN_VALUE_CASES, ids=str)
+def test_value_loss_nan_rule(impl, dtype, case):
+    """NaN propagates as IEEE arithmetic would: v_c = old + clip(v - old) is NaN when
+    v - old is, max() of two squared errors is NaN when either is (np.maximum,
+    torch.maximum), so the element's loss term and gradient are NaN; a NaN element is
+    not counted as clipped (NaN > x is false), as in the surrogate's clip fraction."""
+    v, old, R = (np.array([x, 0.5], dtype) for x in case)  # a finite second element
+    R[1], old[1] = 0.25, 0.5
+    res = ppo_core._clipped_value_loss(v, old, R, 0.2) if impl is ppo_core else \
+        spec.clipped_value_loss(v, old, R, clip_coef=0.2)
+    loss, grad, clip_fraction = res[0], res[1], res[2]
+    assert np.isnan(loss), loss
+    assert np.isnan(grad[0]) and grad[1] == pytest.approx(0.125), grad
+    assert clip_fraction == 0.0
+
+
+@pytest.mark.parametrize("impl", [ppo_core, spec], ids=["kernel", "spec"])
+def test_value_loss_nan_in_old_values_is_ignored_without_clipping(impl):
+    """Without clipping old_values is not part of the loss."""
+    v, old, R = np.array([1.0, 2.0]), np.array([NAN, INF]), np.array([0.0, 0.0])
+    if impl is ppo_core:
+        loss, grad, cf = ppo_core._clipped_value_loss(v, old, R, None)
+    else:
+        loss, grad, cf = spec.clipped_value_loss(v, old, R)
+    assert loss == 1.25 and list(grad) == [0.5, 1.0] and cf == 0.0
+
+
+# (new_log_prob, old_log_prob, advantage): the surrogate follows the same rule.
+NAN_SURROGATE_CASES = [(NAN, 0.0, 1.0), (0.0, NAN, -1.0), (0.0, 0.0, NAN), (5.0, 0.0, NAN),
+                       (INF, INF, 1.0), (INF, 0.0, 0.0)]
+
+
+@pytest.mark.parametrize("impl", [ppo_core, spec], ids=["kernel", "spec"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", NAN_SURROGATE_CASES, ids=str)
+def test_surrogate_nan_rule(impl, dtype, case):
+    new, old, A = (np.array([x, 0.0], dtype) for x in case)
+    A[1] = 1.0
+    res = impl.clipped_surrogate(new, old, A, clip_coef=0.2)
+    assert np.isnan(res.loss) and np.isnan(res.grad[0]), res
+    assert res.grad[1] == pytest.approx(-0.5)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ratio = np.exp(np.float64(case[0]) - np.float64(case[1]))
+    assert res.clip_fraction == (0.5 if abs(ratio - 1) > 0.2 else 0.0)
+
+
+@pytest.mark.parametrize("clip", [1e-50, 1e-46, 1e-40, 1e-9])
+def test_tiny_clip_coef_clips_in_float32_as_in_float64(clip):
+    """A clip_coef that rounds to 0 (or a subnormal) in float32 still clips: float32,
+    float64 and the spec agree. 0 is not a "no clipping" sentinel (None is); with eps
+    -> 0 the clipped value is old itself, as old +- 1e-50 is in float64."""
+    rng = np.random.default_rng(0)
+    v64 = np.array([1.0, -0.5, 2.0, 0.25] + list(rng.normal(size=300)))
+    old64 = np.array([0.0, 0.5, 2.0, 0.5] + list(v64[4:] + rng.normal(0, 0.3, 300)))
+    R64 = np.array([1.0, 0.0, 3.0, -1.0] + list(rng.normal(size=300)))
+    v, old, R = (x.astype(np.float32) for x in (v64, old64, R64))
+    got32 = ppo_core._clipped_value_loss(v, old, R, clip)
+    got64 = ppo_core._clipped_value_loss(v.astype(np.float64), old.astype(np.float64),
+                                         R.astype(np.float64), clip)
+    exp = spec.clipped_value_loss(v, old, R, clip_coef=clip)
+    assert ppo_core.clipped_value_loss(np.float32([1]), np.float32([0]), np.float32([1]),
+                                       clip_coef=clip).loss == 0.5  # the reported case
+    assert got32[0] == pytest.approx(exp.loss, rel=1e-6) and got64[0] == pytest.approx(exp.loss, rel=1e-14)
+    np.testing.assert_allclose(got32[1], exp.grad, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(got64[1], exp.grad, rtol=1e-15, atol=0)  # x / n vs x * (1 / n)
+    assert got32[2] == got64[2] == exp.clip_fraction > 0.4
+    # The surrogate: 1 +- eps is 1 in both dtypes, so every ratio off 1 is clipped.
+    new, oldlp, A = v, old, R
+    s32 = ppo_core.clipped_surrogate(new, oldlp, A, clip_coef=clip)
+    s64 = ppo_core.clipped_surrogate(new.astype(np.float64), oldlp.astype(np.float64),
+                                     A.astype(np.float64), clip_coef=clip)
+    sexp = spec.clipped_surrogate(new, oldlp, A, clip_coef=clip)
+    assert s32.clip_fraction == s64.clip_fraction == sexp.clip_fraction
+    assert s32.loss == pytest.approx(sexp.loss, rel=1e-6) and s64.loss == pytest.approx(sexp.loss, rel=1e-14)
+    np.testing.assert_allclose(s32.grad, sexp.grad, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("clip", [1e39, 1e300])
+def test_huge_clip_coef_stays_finite_in_float32(clip):
+    """clip_coef beyond FLT_MAX saturates instead of becoming inf in float32, so an inf
+    old value clips as in float64: v_c = inf - eps = inf, not v (d < -inf is false)."""
+    v, old, R = np.array([0.0, 1.0]), np.array([np.inf, 0.5]), np.array([0.0, 0.0])
+    exp = spec.clipped_value_loss(v, old, R, clip_coef=clip)
+    for dt in (np.float32, np.float64):
+        loss, grad, cf = ppo_core._clipped_value_loss(v.astype(dt), old.astype(dt), R.astype(dt), clip)
+        assert loss == exp.loss == np.inf and cf == exp.clip_fraction == 0.5, (dt, loss, cf)
+        np.testing.assert_array_equal(grad, exp.grad)
+    s = ppo_core.clipped_surrogate(np.float32([np.inf, 0.1]), np.float32([0, 0]),
+                                   np.float32([1, 1]), clip_coef=clip)
+    sexp = spec.clipped_surrogate([np.inf, 0.1], [0, 0], [1, 1], clip_coef=clip)
+    np.testing.assert_allclose(s.grad, sexp.grad, rtol=1e-6)  # inf ratio, A > 0: clipped
+    assert s.grad[0] == 0.0 and s.clip_fraction == sexp.clip_fraction == 0.5
+
+
+def test_core_value_loss_takes_none_for_no_clipping_and_rejects_bad_clip_coef():
+    core = ppo_core._core
+    x = np.array([1.0, 2.0])
+    loss, grad, cf = core.clipped_value_loss(x, np.zeros(2), np.zeros(2), clip_coef=None)
+    assert loss == 1.25 and cf == 0.0
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="clip_coef"):
+            core.clipped_value_loss(x, x, x, clip_coef=bad)
+        with pytest.raises(ValueError, match="clip_coef"):
+            core.clipped_surrogate(x, x, x, clip_coef=bad)
 
 
 # ---------------------------------------------------------------- gradients
@@ -471,3 +652,20 @@ def test_gae_shortcut_for_kernel_ready_input_equals_general_path(dtype):
     for a, b in zip(fast, general):
         assert a.dtype == b.dtype == dtype
         np.testing.assert_array_equal(a, b)
+
+
+def test_verify_main_runs_the_examples_it_is_asked_for(monkeypatch, capsys):
+    """``ppo-core verify --examples N`` runs N examples per property: @given binds its
+    settings when the module is imported, before main() knows N."""
+    from hypothesis import given, strategies as st
+
+    calls = []
+
+    @given(st.integers())
+    def prop(i):
+        calls.append(i)
+
+    monkeypatch.setattr(verify, "PROPERTIES", {"counting": prop})
+    assert verify.main(["--examples", "7", "--seed", "1"]) == 0
+    assert len(calls) == 7, len(calls)
+    assert "1 passed, 0 failed" in capsys.readouterr().out

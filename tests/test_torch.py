@@ -6,6 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ppo_core  # noqa: E402
+import ppo_core_spec  # noqa: E402
 from ppo_core import torch as pt  # noqa: E402
 
 CLIP = 0.2
@@ -376,3 +377,264 @@ def test_integer_inputs_give_a_float_loss():
     assert res.loss.dtype == torch.float64 and res.loss.item() == ref.loss
     v = pt.clipped_value_loss(torch.tensor([1, 2]), torch.tensor([1, 1]), torch.tensor([0, 0]))
     assert v.loss.dtype == torch.float64 and v.loss.item() == 1.25
+
+
+TORCH_INTEGER_DTYPES = [torch.bool, torch.int8, torch.int16, torch.int32, torch.int64,
+                        torch.uint8, torch.uint16, torch.uint32, torch.uint64]
+
+
+@pytest.mark.parametrize("dtype", TORCH_INTEGER_DTYPES, ids=str)
+def test_integer_and_bool_tensors_promote_to_float64(dtype):
+    """The NumPy API's rule through the torch layer: integer or bool values give float64
+    results, and a uint8 surrogate is finite where the spec is (old > new would wrap in
+    uint8 arithmetic; e^200 overflows float32)."""
+    hi = 1 if dtype == torch.bool else 200
+    new = torch.tensor([hi, 0, 1, 0], dtype=torch.int64).to(dtype)
+    old = torch.tensor([0, hi, 0, 0], dtype=torch.int64).to(dtype)
+    adv = torch.tensor([0, 1, 1, 0], dtype=torch.int64).to(dtype)
+    res = pt.clipped_surrogate_loss(new, old, adv, clip_coef=CLIP)
+    exp = ppo_core_spec.clipped_surrogate(new.numpy(), old.numpy(), adv.numpy(), clip_coef=CLIP)
+    assert res.loss.dtype == torch.float64
+    assert np.isfinite(exp.loss) and torch.isfinite(res.loss)
+    assert res.loss.item() == pytest.approx(exp.loss, rel=1e-12)
+    v = pt.clipped_value_loss(new, old, adv, clip_coef=0.5)
+    assert v.loss.dtype == torch.float64
+    assert v.loss.item() == pytest.approx(
+        ppo_core_spec.clipped_value_loss(new.numpy(), old.numpy(), adv.numpy(), clip_coef=0.5).loss,
+        rel=1e-12)
+    term = torch.zeros(4, dtype=torch.bool)
+    adv_t, ret_t = pt.gae(new, old, adv, term, term, gamma=0.9, lam=0.9)
+    assert adv_t.dtype == ret_t.dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nan_rule_through_the_torch_layer(dtype):
+    """The kernels' (and the spec's) NaN rule reaches the torch losses: a NaN element
+    has a NaN gradient and is not counted as clipped; the others are untouched."""
+    v = torch.tensor([float("nan"), 0.5, 2.0], dtype=dtype, requires_grad=True)
+    old = torch.tensor([0.0, float("nan"), 0.0], dtype=dtype)
+    ret = torch.tensor([0.0, 0.0, 3.0], dtype=dtype)
+    res = pt.clipped_value_loss(v, old, ret, clip_coef=CLIP)
+    (grad,) = torch.autograd.grad(res.loss, v)
+    assert torch.isnan(res.loss) and torch.isnan(grad[:2]).all() and grad[2] == 0.0
+    assert res.clip_fraction == pytest.approx(1 / 3)  # only element 2: (0.2 - 3)^2 > (2 - 3)^2
+    exp = ppo_core_spec.clipped_value_loss(v.detach().numpy(), old.numpy(), ret.numpy(), clip_coef=CLIP)
+    assert np.isnan(exp.loss) and res.clip_fraction == exp.clip_fraction
+    x = torch.tensor([float("nan"), 0.1], dtype=dtype, requires_grad=True)
+    s = pt.clipped_surrogate_loss(x, torch.zeros(2, dtype=dtype), torch.ones(2, dtype=dtype), clip_coef=CLIP)
+    (g,) = torch.autograd.grad(s.loss, x)
+    assert torch.isnan(s.loss) and torch.isnan(g[0]) and torch.isfinite(g[1])
+    assert s.clip_fraction == 0.0
+
+
+# -- derivatives beyond the first: double backward, forward AD, torch.func ----------
+
+F64 = torch.float64
+# (loss, clip_coef) cases: the surrogate, the plain value loss, the clipped value loss.
+HIGHER = [("surrogate", CLIP), ("value", None), ("value", 0.3)]
+HIGHER_IDS = ["surrogate", "value-unclipped", "value-clipped"]
+
+
+def _kernel_loss(fn, clip):
+    if fn == "surrogate":
+        return lambda x, old, third: pt.clipped_surrogate_loss(x, old, third, clip_coef=clip).loss
+    return lambda x, old, third: pt.clipped_value_loss(x, old, third, clip_coef=clip).loss
+
+
+def _plain_loss(fn, clip):
+    if fn == "surrogate":
+        return lambda x, old, third: _torch_surrogate(x, old, third, clip)
+    return lambda x, old, third: _torch_value_loss(x, old, third, clip)
+
+
+def _smooth_point(fn, clip, seed, n=10, batch=()):
+    """Inputs away from every kink, with both the clipped and the unclipped branch
+    present, so that the Hessian exists and is not trivially one branch's."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(10_000):
+        shape = batch + (n,)
+        old = torch.randn(shape, generator=g, dtype=F64)
+        x = old + 0.5 * torch.randn(shape, generator=g, dtype=F64)
+        third = torch.randn(shape, generator=g, dtype=F64)
+        if fn == "surrogate":
+            ratio = (x - old).exp()
+            far = min(float((ratio - (1 + clip)).abs().min()), float((ratio - (1 - clip)).abs().min()),
+                      float(third.abs().min()))
+            clipped = ((third > 0) & (ratio > 1 + clip)) | ((third < 0) & (ratio < 1 - clip))
+        elif clip is None:
+            far, clipped = 1.0, torch.tensor([True, False])
+        else:
+            # Inside the clip range v_c = v identically (equal terms, but no kink); the
+            # kinks are |v - old| = eps and, outside the range, equal squared errors.
+            v_c = old + (x - old).clamp(-clip, clip)
+            outside = (x - old).abs() > clip
+            gap = ((x - third) ** 2 - (v_c - third) ** 2).abs()
+            far = min(float(torch.where(outside, gap, 1.0).min()),
+                      float(((x - old).abs() - clip).abs().min()))
+            clipped = ((v_c - third) ** 2 > (x - third) ** 2) & outside
+        if far > 1e-3 and bool(clipped.any()) and not bool(clipped.all()):
+            return x, old, third
+    raise AssertionError("no smooth point drawn")
+
+
+# torch's forward AD loads its jvp decompositions with torch.jit.script, which warns.
+_TORCH_FORWARD_AD_WARNING = pytest.mark.filterwarnings(
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+
+def test_hessian_of_the_reported_case_is_not_zero():
+    x, R = torch.randn(4, dtype=F64), torch.randn(4, dtype=F64)
+    H = torch.autograd.functional.hessian(
+        lambda v: pt.clipped_value_loss(v, torch.zeros(4, dtype=F64), R).loss, x)
+    torch.testing.assert_close(H, torch.eye(4, dtype=F64) / 4, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("fn,clip", HIGHER, ids=HIGHER_IDS)
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("vectorize", [False, True])
+def test_hessian_equals_the_plain_expressions(fn, clip, seed, vectorize):
+    x, old, third = _smooth_point(fn, clip, seed)
+    mine = torch.autograd.functional.hessian(lambda y: _kernel_loss(fn, clip)(y, old, third), x,
+                                             vectorize=vectorize)
+    ref = torch.autograd.functional.hessian(lambda y: _plain_loss(fn, clip)(y, old, third), x)
+    assert ref.abs().sum() > 0
+    torch.testing.assert_close(mine, ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("fn,clip", HIGHER, ids=HIGHER_IDS)
+def test_gradgradcheck(fn, clip):
+    x, old, third = _smooth_point(fn, clip, seed=7)
+    f = lambda y: _kernel_loss(fn, clip)(y, old, third)  # noqa: E731
+    assert torch.autograd.gradgradcheck(f, (x.requires_grad_(),), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("fn,clip", HIGHER, ids=HIGHER_IDS)
+def test_third_derivative_equals_the_plain_expressions(fn, clip):
+    """diag(grad) again for the surrogate, 0 for the piecewise-quadratic value loss."""
+    x, old, third = _smooth_point(fn, clip, seed=11)
+    u, w = torch.randn_like(x), torch.randn_like(x)
+
+    def third_order(loss):
+        y = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(loss(y, old, third), y, create_graph=True)
+        (h,) = torch.autograd.grad((g * u).sum(), y, create_graph=True)
+        if not h.requires_grad:  # the plain value loss: its Hessian is constant
+            return torch.zeros_like(x)
+        (t,) = torch.autograd.grad((h * w).sum(), y, allow_unused=True)
+        return torch.zeros_like(x) if t is None else t
+
+    torch.testing.assert_close(third_order(_kernel_loss(fn, clip)), third_order(_plain_loss(fn, clip)),
+                               rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("fn,clip", HIGHER, ids=HIGHER_IDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_create_graph_keeps_the_kernel_gradient_bit_for_bit(fn, clip, dtype):
+    g = torch.Generator().manual_seed(3)
+    old = torch.randn(300, generator=g, dtype=dtype)
+    x, third = old + 0.5 * torch.randn(300, generator=g, dtype=dtype), torch.randn(300, generator=g, dtype=dtype)
+    x.requires_grad_()
+    (plain,) = torch.autograd.grad(_kernel_loss(fn, clip)(x, old, third), x)
+    (graphed,) = torch.autograd.grad(_kernel_loss(fn, clip)(x, old, third), x, create_graph=True)
+    assert graphed.requires_grad
+    torch.testing.assert_close(graphed.detach(), plain, rtol=0, atol=0)
+
+
+@_TORCH_FORWARD_AD_WARNING
+@pytest.mark.parametrize("fn,clip", HIGHER, ids=HIGHER_IDS)
+def test_forward_mode_ad_equals_the_plain_expressions(fn, clip):
+    import torch.autograd.forward_ad as fwAD
+
+    x, old, third = _smooth_point(fn, clip, seed=5)
+    t = torch.randn_like(x)
+    tangents = []
+    for loss in (_kernel_loss(fn, clip), _plain_loss(fn, clip)):
+        with fwAD.dual_level():
+            out = loss(fwAD.make_dual(x, t), old, third)
+            tangents.append(fwAD.unpack_dual(out).tangent)
+    torch.testing.assert_close(tangents[0], tangents[1], rtol=1e-12, atol=1e-15)
+
+
+@_TORCH_FORWARD_AD_WARNING
+@pytest.mark.parametrize("fn,clip", HIGHER, ids=HIGHER_IDS)
+def test_torch_func_transforms_equal_the_plain_expressions(fn, clip):
+    """grad, jacrev, jacfwd, jvp, hessian (forward over reverse) and reverse over
+    reverse: the kernel losses give what torch.func gives for the plain expressions."""
+    x, old, third = _smooth_point(fn, clip, seed=2)
+    mine = lambda y: _kernel_loss(fn, clip)(y, old, third)  # noqa: E731
+    ref = lambda y: _plain_loss(fn, clip)(y, old, third)  # noqa: E731
+    t = torch.randn_like(x)
+    tf = torch.func
+    for name, transform in [
+        ("grad", tf.grad), ("jacrev", tf.jacrev), ("jacfwd", tf.jacfwd), ("hessian", tf.hessian),
+        ("jacrev(jacrev)", lambda f: tf.jacrev(tf.jacrev(f))),
+        ("jacrev(jacfwd)", lambda f: tf.jacrev(tf.jacfwd(f))),
+        ("jvp", lambda f: lambda y: tf.jvp(f, (y,), (t,))[1]),
+    ]:
+        got, exp = transform(mine)(x), transform(ref)(x)
+        torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-15, msg=name)
+
+
+@pytest.mark.parametrize("fn,clip", HIGHER, ids=HIGHER_IDS)
+def test_vmap_equals_per_sample_calls_and_the_plain_expressions(fn, clip):
+    """vmap over a batch of minibatches: each sample is its own loss (and clip
+    fraction); vmap(grad) gives per-sample gradients; in_dims=None broadcasts."""
+    x, old, third = _smooth_point(fn, clip, seed=4, batch=(5,))
+    tf = torch.func
+    loss_of = _kernel_loss(fn, clip)
+    losses = tf.vmap(loss_of)(x, old, third)
+    torch.testing.assert_close(losses, torch.stack([loss_of(*a) for a in zip(x, old, third)]),
+                               rtol=0, atol=0)
+    torch.testing.assert_close(losses, tf.vmap(_plain_loss(fn, clip))(x, old, third), rtol=1e-12, atol=1e-15)
+    grads = tf.vmap(tf.grad(loss_of))(x, old, third)
+    torch.testing.assert_close(grads, tf.vmap(tf.grad(_plain_loss(fn, clip)))(x, old, third),
+                               rtol=1e-12, atol=1e-15)
+    shared = tf.vmap(loss_of, in_dims=(0, None, None))(x, old[0], third[0])
+    torch.testing.assert_close(shared, torch.stack([loss_of(xi, old[0], third[0]) for xi in x]), rtol=0, atol=0)
+    # The statistics come back batched, one per sample.
+    if fn == "surrogate":
+        stats = tf.vmap(lambda *a: pt.clipped_surrogate_loss(*a, clip_coef=clip).clip_fraction)(x, old, third)
+        expected = [pt.clipped_surrogate_loss(*a, clip_coef=clip).clip_fraction for a in zip(x, old, third)]
+    else:
+        stats = tf.vmap(lambda *a: pt.clipped_value_loss(*a, clip_coef=clip).clip_fraction)(x, old, third)
+        expected = [pt.clipped_value_loss(*a, clip_coef=clip).clip_fraction for a in zip(x, old, third)]
+    assert stats.dtype == torch.float64 and stats.tolist() == expected
+
+
+def test_torch_func_on_the_public_functions_and_stats_under_grad():
+    x, old, third = _smooth_point("surrogate", CLIP, seed=1)
+    stats: list = []
+
+    def f(y):
+        return pt.ClippedSurrogateFunction.apply(y, old, third, CLIP, stats)
+
+    torch.testing.assert_close(torch.func.grad(f)(x), torch.func.grad(
+        lambda y: _torch_surrogate(y, old, third, CLIP))(x), rtol=1e-12, atol=1e-15)
+    cf, kl = stats[0]
+    assert isinstance(cf, torch.Tensor) and float(cf) == pt.clipped_surrogate_loss(x, old, third,
+                                                                                    clip_coef=CLIP).clip_fraction
+    vstats: list = []
+    g = torch.func.grad(lambda y: pt.ClippedValueLossFunction.apply(y, old, third, 0.3, vstats))(x)
+    torch.testing.assert_close(g, torch.func.grad(lambda y: _torch_value_loss(y, old, third, 0.3))(x),
+                               rtol=1e-12, atol=1e-15)
+    assert float(vstats[0]) == pt.clipped_value_loss(x, old, third, clip_coef=0.3).clip_fraction
+    # A loss with its statistics as aux, and a list (NumPy's float64) as old values.
+    (grad, aux) = torch.func.grad(lambda y: (lambda r: (r.loss, r.clip_fraction))(
+        pt.clipped_value_loss(y, old.tolist(), third, clip_coef=0.3)), has_aux=True)(x)
+    torch.testing.assert_close(grad, g, rtol=0, atol=0)
+    assert float(aux) == float(vstats[0])
+
+
+def test_second_derivative_is_nan_where_the_gradient_is_nan():
+    nan, inf = float("nan"), float("inf")
+    v = torch.tensor([nan, 1.0, 0.5, inf], dtype=F64)
+    old = torch.tensor([0.0, 0.0, nan, 0.0], dtype=F64)
+    zeros = torch.zeros(4, dtype=F64)
+    H = torch.autograd.functional.hessian(
+        lambda y: pt.clipped_value_loss(y, old, zeros, clip_coef=0.2).loss, v)
+    assert torch.isnan(H.diagonal()[[0, 2]]).all()
+    assert H.diagonal()[1] == 0.25 and H.diagonal()[3] == 0.0  # unclipped; inf: no slope
+    x = torch.tensor([nan, 0.1, inf], dtype=F64)
+    Hs = torch.autograd.functional.hessian(
+        lambda y: pt.clipped_surrogate_loss(y, zeros[:3], torch.ones(3, dtype=F64), clip_coef=0.2).loss, x)
+    assert torch.isnan(Hs[0, 0]) and torch.isfinite(Hs[1:, 1:]).all()

@@ -21,8 +21,18 @@ true": the spec (and the kernels) select rather than multiply, so a terminated s
 ignores ``next_values`` and a done step ignores ``A_{t+1}`` even where those hold inf
 or NaN (``0 * inf`` would be NaN and leak across the episode boundary).
 
+NaN and inf in the losses follow IEEE arithmetic, element by element: an element
+whose inputs hold a NaN, or whose arithmetic makes one (inf - inf, 0 * inf), has a
+NaN loss term and a NaN gradient, so the loss is NaN; it is never silently given a
+finite branch (a comparison with NaN is false, so it is not counted as clipped
+either). ``min`` and ``max`` of two terms propagate NaN as ``np.minimum`` /
+``np.maximum`` and ``torch.minimum`` / ``torch.maximum`` do. Inputs are not
+rejected for holding NaN: a NaN loss is how a diverged network shows itself, and
+checking every element would cost a pass over the data on every call.
+
 The spec computes in float64 and does no input validation beyond what NumPy does:
-the facade ``ppo_core`` validates.
+the facade ``ppo_core`` validates. It raises no NumPy floating-point warnings for
+these IEEE results.
 """
 
 from __future__ import annotations
@@ -175,22 +185,28 @@ def clipped_surrogate(new_log_prob, old_log_prob, advantages, *, clip_coef):
               = -A * ratio / n      elsewhere (ratio exactly 1 +- eps included)
         clip_fraction = mean(|ratio - 1| > eps)
         approx_kl     = mean((ratio - 1) - log(ratio))
+
+    NaN (module docstring): a NaN ratio or advantage makes the element's term and
+    gradient NaN (``min`` propagates it), and a NaN ratio is not counted in
+    clip_fraction. inf - inf log-probs give a NaN ratio; ratio = inf with A = 0 gives
+    inf * 0 = NaN.
     """
     new, old, A = _f64(new_log_prob), _f64(old_log_prob), _f64(advantages)
     n = new.size
     grad = np.zeros_like(new)
     loss_sum = clipped = kl_sum = 0.0
     eps = clip_coef
-    for i in np.ndindex(new.shape):
-        log_ratio = new[i] - old[i]
-        ratio = np.exp(log_ratio)
-        unclipped = ratio * A[i]
-        clipped_obj = min(max(ratio, 1.0 - eps), 1.0 + eps) * A[i]
-        loss_sum += -min(unclipped, clipped_obj)
-        active = (A[i] > 0 and ratio > 1.0 + eps) or (A[i] < 0 and ratio < 1.0 - eps)
-        grad[i] = 0.0 if active else -A[i] * ratio / n
-        clipped += abs(ratio - 1.0) > eps
-        kl_sum += (ratio - 1.0) - log_ratio
+    with np.errstate(invalid="ignore", over="ignore"):
+        for i in np.ndindex(new.shape):
+            log_ratio = new[i] - old[i]
+            ratio = np.exp(log_ratio)
+            unclipped = ratio * A[i]
+            clipped_obj = np.minimum(np.maximum(ratio, 1.0 - eps), 1.0 + eps) * A[i]
+            loss_sum += -np.minimum(unclipped, clipped_obj)
+            active = (A[i] > 0 and ratio > 1.0 + eps) or (A[i] < 0 and ratio < 1.0 - eps)
+            grad[i] = 0.0 if active else -A[i] * ratio / n
+            clipped += abs(ratio - 1.0) > eps
+            kl_sum += (ratio - 1.0) - log_ratio
     return SurrogateSpec(loss_sum / n, grad, clipped / n, kl_sum / n)
 
 
@@ -210,27 +226,47 @@ def clipped_value_loss(values, old_values, returns, *, clip_coef=None):
 
     At a tie the unclipped rule is used: there v_c = v or the two squared errors
     are equal, and autograd of ``torch.max`` splits the gradient between them.
+
+    NaN (module docstring): v_c is NaN where v - old is (NaN input, or v = old =
+    inf), and ``max`` propagates a NaN squared error, so an element with a NaN in v,
+    old or R (or v - R = inf - inf) has a NaN term and a NaN gradient and is not
+    counted as clipped. Without clipping, old_values is not part of the loss and
+    its NaNs are ignored. (The spec used to send such elements down the clipped
+    branch, with gradient 0 and a clip count: a NaN comparison read as "clipped".)
     """
     v, old, R = _f64(values), _f64(old_values), _f64(returns)
     n = v.size
     grad = np.zeros_like(v)
     loss_sum = 0.0
     clipped = 0
-    for i in np.ndindex(v.shape):
-        err = v[i] - R[i]
-        if clip_coef is None:
-            loss_sum += 0.5 * err * err
-            grad[i] = err / n
-            continue
-        d = v[i] - old[i]
-        # Inside the clip range v_c is v itself (old + (v - old) may round away from v).
-        vc = old[i] - clip_coef if d < -clip_coef else old[i] + clip_coef if d > clip_coef else v[i]
-        err_c = vc - R[i]
-        if err * err >= err_c * err_c:
-            loss_sum += 0.5 * err * err
-            grad[i] = err / n
-        else:
-            clipped += 1
-            loss_sum += 0.5 * err_c * err_c
-            grad[i] = err_c / n if abs(d) < clip_coef else 0.0
+    with np.errstate(invalid="ignore", over="ignore"):
+        for i in np.ndindex(v.shape):
+            err = v[i] - R[i]
+            if clip_coef is None:
+                loss_sum += 0.5 * err * err
+                grad[i] = err / n
+                continue
+            d = v[i] - old[i]
+            # Inside the clip range v_c is v itself (old + (v - old) may round away
+            # from v); a NaN d makes old + clip(d, -eps, eps) NaN.
+            if np.isnan(d):
+                vc = np.nan
+            elif d < -clip_coef:
+                vc = old[i] - clip_coef
+            elif d > clip_coef:
+                vc = old[i] + clip_coef
+            else:
+                vc = v[i]
+            err_c = vc - R[i]
+            sq, sq_c = err * err, err_c * err_c
+            if sq_c > sq:
+                clipped += 1
+                loss_sum += 0.5 * sq_c
+                grad[i] = err_c / n if abs(d) < clip_coef else 0.0
+            elif sq >= sq_c:
+                loss_sum += 0.5 * sq
+                grad[i] = err / n
+            else:  # sq or sq_c is NaN: max(sq, sq_c) is NaN, and so is its derivative
+                loss_sum += np.nan
+                grad[i] = np.nan
     return ValueLossSpec(loss_sum / n, grad, clipped / n)

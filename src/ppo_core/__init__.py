@@ -11,11 +11,13 @@ value. ``done = terminated | truncated`` cuts the recursion. ``next_values[t]`` 
 of the observation that really followed step t (the final observation when the
 episode ended there, never the reset observation).
 
-Dtypes: the result dtype is ``np.result_type`` of the value-carrying arguments,
-promoted to at least float32 (all float32 -> float32; any float64 or integer ->
-float64; float16 -> float32). Masks (``terminated``, ``truncated``, ``done``) may be
-bool, integer or float and are read as ``astype(bool)``. Complex, object or string
-arrays raise ``TypeError``.
+Dtypes: the result dtype follows from the value-carrying arguments: all float32 ->
+float32; float16 (alone or with float32) -> float32; any float64 -> float64; any
+integer or bool array (every width, signed or unsigned, alone or mixed with float32)
+-> float64. Integers are converted before any arithmetic, so unsigned input never
+wraps around (uint8 ``0 - 200`` is -200). Masks (``terminated``, ``truncated``,
+``done``) may be bool, integer or float and are read as ``astype(bool)``. Complex,
+object or string arrays raise ``TypeError``.
 
 The executable definition of each function is the NumPy reference in
 ``ppo_core_spec``; ``python -m ppo_core.verify`` checks this build against it.
@@ -227,7 +229,9 @@ def clipped_surrogate(new_log_prob, old_log_prob, advantages, *, clip_coef):
     Parameters
     ----------
     new_log_prob, old_log_prob, advantages : array_like, any shape, all equal
-    clip_coef : float > 0 (epsilon)
+    clip_coef : float > 0 (epsilon). The kernel uses it rounded to the result dtype,
+        saturating at the dtype's largest finite value. One that rounds to 0 (1e-50
+        in float32) clips every ratio to 1, as 1 +- 1e-50 does in float64.
 
     Returns
     -------
@@ -249,6 +253,12 @@ def clipped_surrogate(new_log_prob, old_log_prob, advantages, *, clip_coef):
     ``loss``, ``clip_fraction``, ``approx_kl`` are Python floats, accumulated in
     float64; ``grad`` has the result dtype and the inputs' shape.
 
+    NaN and inf follow IEEE arithmetic, as in the spec: an element with a NaN
+    log-prob or advantage (or inf - inf log-probs, or an inf ratio times a zero
+    advantage) has a NaN term and a NaN gradient, so the loss is NaN, and it is not
+    counted in ``clip_fraction``. Inputs are not scanned for NaN (a NaN loss is what
+    shows a diverged network, and a check would cost a pass over the data).
+
     Raises
     ------
     ValueError
@@ -267,7 +277,7 @@ def clipped_surrogate(new_log_prob, old_log_prob, advantages, *, clip_coef):
 
 def _clipped_value_loss(values, old_values, returns, clip_coef):
     """:func:`clipped_value_loss` plus the clip fraction (for ``ppo_core.torch``)."""
-    eps = 0.0 if clip_coef is None else _v.positive("clip_coef", clip_coef)
+    eps = None if clip_coef is None else _v.positive("clip_coef", clip_coef)
     shape, (v, old, ret) = _loss_inputs(
         [("values", values), ("old_values", old_values), ("returns", returns)])
     loss, grad, clip_fraction = _core.clipped_value_loss(v, old, ret, clip_coef=eps)
@@ -280,7 +290,10 @@ def clipped_value_loss(values, old_values, returns, *, clip_coef=None):
     Parameters
     ----------
     values, old_values, returns : array_like, any shape, all equal
-    clip_coef : float > 0, or None for the plain squared error
+    clip_coef : float > 0, or None for the plain squared error. Used rounded to the
+        result dtype, saturating at its largest finite value; one that rounds to 0
+        (1e-50 in float32) still clips, to v_c = old_values, as old +- 1e-50 does in
+        float64. Only None turns clipping off.
 
     Returns
     -------
@@ -296,6 +309,12 @@ def clipped_value_loss(values, old_values, returns, *, clip_coef=None):
 
     Ties: where the two squared errors are equal the unclipped rule is used
     (documented choice; autograd of ``torch.max`` would split the gradient there).
+
+    NaN and inf follow IEEE arithmetic, as in the spec: v_c is NaN where v - old is,
+    and the max of a NaN squared error and any other is NaN (``np.maximum``), so an
+    element with a NaN value, old value or return (or v - R = inf - inf) has a NaN
+    term and a NaN gradient, and is not counted as clipped. Without clipping
+    ``old_values`` is not read. Inputs are not scanned for NaN.
 
     Raises
     ------

@@ -26,5 +26,5 @@ def clipped_surrogate(
     new_log_prob: _F, old_log_prob: _F, advantages: _F, *, clip_coef: float,
 ) -> Tuple[float, _F, float, float]: ...
 def clipped_value_loss(
-    values: _F, old_values: _F, returns: _F, *, clip_coef: float,
+    values: _F, old_values: _F, returns: _F, *, clip_coef: Optional[float],
 ) -> Tuple[float, _F, float]: ...

@@ -33,10 +33,24 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
 def result_dtype(arrays: Sequence[np.ndarray]) -> np.dtype:
-    """``np.result_type`` of the value-carrying arrays, at least float32."""
+    """The dtype the kernels compute in, from the value-carrying arrays.
+
+    * all float32 -> float32; float16 (alone or with float32) -> float32;
+    * any float64 -> float64;
+    * any integer or bool array -> float64, whatever its width and whatever it is
+      mixed with. ``np.result_type(int8, float32)`` would be float32, but a value
+      stored as an integer is an exact count (a reward, a log-prob table), and float32
+      loses it beyond 2^24 and overflows ``exp`` where float64 does not (uint8 log-probs
+      200 and 0 give a ratio of e^200: inf in float32, 7e86 in float64, so a zero
+      advantage would make the loss NaN where the spec is finite). This is the rule
+      NumPy applies to int64 (``np.result_type(int64, float32)`` is float64), for every
+      integer width.
+    """
     first = arrays[0].dtype
     if (first == _F32 or first == _F64) and all(a.dtype == first for a in arrays):
         return first  # the common case: one float dtype throughout
+    if any(a.dtype.kind in "biu" for a in arrays):
+        return _F64
     dt = np.result_type(*arrays, np.float32)
     if dt.kind != "f" or dt.itemsize > 8:
         # float128 / longdouble has no kernel; float64 is the widest we compute in.

@@ -157,10 +157,25 @@ def rollouts(draw, max_t: int = 3000, max_n: int = 64, small: bool = False,
                    draw(unit), draw(unit))
 
 
+# clip_coef: the usual values, and extremes that float32 cannot hold: 1e-50 and 1e-46
+# round to 0, 1e-40 to a subnormal, 1e39 and 1e300 saturate at FLT_MAX. Those must still
+# compute what float64 and the spec compute (eps -> 0 clips to the old value or ratio 1;
+# a huge eps never clips a finite input). With inf inputs a huge eps is left out: an inf
+# ratio clipped to 1 + eps, times A, overflows float32's range where float64 has room.
+tiny_clip_coefs = st.sampled_from([1e-50, 1e-46, 1e-40, 1e-9])
+clip_coefs = st.one_of(st.sampled_from([0.1, 0.2, 0.3]), st.floats(0.01, 1.0),
+                       tiny_clip_coefs, st.sampled_from([1e39, 1e300]))
+finite_clip_coefs = st.one_of(st.sampled_from([0.1, 0.2, 0.3]), st.floats(0.01, 1.0),
+                              tiny_clip_coefs)
+
+
 @st.composite
-def minibatches(draw, max_n: int = 2000) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+def minibatches(draw, max_n: int = 2000, nonfinite: bool = False
+                ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Three equal-shape arrays (log-probs / advantages or values / returns) and eps,
-    1-d or 2-d, in any layout."""
+    1-d or 2-d, in any layout. ``nonfinite``: NaN, inf and -inf are scattered over
+    each array (at a drawn rate, so some blocks of the kernels hold none), and some
+    elements of the second array are set equal to the first or the third (inf - inf)."""
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     n = draw(st.integers(1, max_n))
     shape = draw(st.sampled_from([(n,), (max(1, n // 8), 8)]))
@@ -169,9 +184,54 @@ def minibatches(draw, max_n: int = 2000) -> Tuple[np.ndarray, np.ndarray, np.nda
     a = rng.normal(0, 1, shape)
     b = a + rng.normal(0, spread, shape)  # new/old log-probs, or values/old values
     c = rng.normal(0, 1, shape)
+    if nonfinite:
+        rate = draw(st.sampled_from([0.001, 0.01, 0.1, 0.5]))
+        specials = np.array([np.nan, np.inf, -np.inf])
+        for x in (a, b, c):
+            hit = rng.random(shape) < rate
+            x[hit] = rng.choice(specials, size=int(np.count_nonzero(hit)))
+        for src in (a, c):
+            same = rng.random(shape) < rate
+            b[same] = src[same]
     layout = draw(st.sampled_from(("C",) * 3 + LAYOUTS))
-    eps = draw(st.sampled_from([0.1, 0.2, 0.3]) | st.floats(0.01, 1.0))
+    eps = draw(finite_clip_coefs if nonfinite else clip_coefs)
     return tuple(relayout(x.astype(dtype), layout) for x in (a, b, c)) + (eps,)
+
+
+INTEGER_DTYPES = (np.bool_, np.int8, np.int16, np.int32, np.int64,
+                  np.uint8, np.uint16, np.uint32, np.uint64)
+
+
+@st.composite
+def integer_minibatches(draw, max_n: int = 200):
+    """Loss inputs of one integer or bool dtype, 1-d or 2-d: small values, the dtype's
+    extremes within +-255 (uint8 200 - 0 is e^200, finite only in float64) and pairs
+    with old > new (which would wrap around in unsigned arithmetic)."""
+    dtype = np.dtype(draw(st.sampled_from(INTEGER_DTYPES)))
+    if dtype == np.bool_:
+        lo, hi = 0, 1
+    else:
+        info = np.iinfo(dtype)
+        lo, hi = max(int(info.min), -255), min(int(info.max), 255)
+    n = draw(st.integers(1, max_n))
+    shape = draw(st.sampled_from([(n,), (max(1, n // 4), 4)]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    small = (max(lo, -3), min(hi, 3))
+    out = []
+    for _ in range(3):
+        x = rng.integers(small[0], small[1] + 1, shape)
+        wide = rng.random(shape) < draw(st.sampled_from([0.0, 0.1, 0.5]))
+        x = np.where(wide, rng.integers(lo, hi + 1, shape), x)
+        out.append(x.astype(dtype))
+    return tuple(out) + (draw(clip_coefs),)
+
+
+def documented_dtype(*arrays) -> np.dtype:
+    """The result dtype that ``help(ppo_core)`` promises for these value arrays."""
+    kinds = [np.asarray(a).dtype for a in arrays]
+    if any(d.kind in "biu" or d == np.float64 for d in kinds):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
 
 
 def _f64(x):
@@ -220,20 +280,49 @@ def check_next_values_from(ro: Rollout, with_final: bool) -> None:
     np.testing.assert_array_equal(_f64(got), exp, strict=True)
 
 
+def _finite(x) -> np.ndarray:
+    x = _f64(x)
+    return x[np.isfinite(x)]
+
+
+def _max_abs(*arrays) -> float:
+    """The largest finite magnitude in the arrays (0 for none): tolerances scale with
+    it, while NaN and inf are compared exactly."""
+    return max(float(np.max(np.abs(_finite(a)), initial=0.0)) for a in arrays)
+
+
 def _loss_atol(dtype, *arrays) -> float:
     # One exp / product per element, then a mean accumulated in float64 by both: the
-    # per-element rounding of the result dtype is the only difference.
+    # per-element rounding of the result dtype is the only difference. (Log-ratios are
+    # clipped where e^x would overflow float64; integer input reaches e^255.)
     eps = float(np.finfo(dtype).eps)
-    scale = max(float(np.max(np.abs(np.exp(np.clip(_f64(a), -50, 50))))) for a in arrays)
+    scale = max(_max_abs(np.exp(np.clip(_finite(a), -700, 700))) for a in arrays)
     return 16.0 * eps * (scale + 1.0)
+
+
+def assert_scalar(actual: float, expected: float, atol: float, what) -> None:
+    """A loss or statistic: NaN where the spec is NaN, the same inf where it is inf
+    (the spec's NaN rule, exact), else within atol."""
+    if np.isnan(expected) or np.isinf(expected):
+        assert actual == expected or (np.isnan(actual) and np.isnan(expected)), \
+            (what, actual, expected)
+    else:
+        assert abs(actual - expected) <= atol, (what, actual, expected)
+
+
+def assert_same_nan(actual, expected, what) -> None:
+    """NaN exactly where the spec has NaN: the NaN rule leaves no room for rounding."""
+    np.testing.assert_array_equal(np.isnan(_f64(actual)), np.isnan(expected),
+                                  err_msg=f"{what}: NaN positions differ")
 
 
 def _near_kink_surrogate(new, old, adv, eps, dtype):
     """Elements whose clip decision could flip by one rounding of the result dtype."""
-    ratio = np.exp(_f64(new) - _f64(old))
-    tol = 8 * float(np.finfo(dtype).eps) * (1 + ratio)
-    return (np.abs(ratio - (1 + eps)) < tol) | (np.abs(ratio - (1 - eps)) < tol) | \
-        (np.abs(_f64(adv)) < tol)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ratio = np.exp(_f64(new) - _f64(old))
+        tol = 8 * float(np.finfo(dtype).eps) * (1 + ratio)
+        return (np.abs(ratio - (1 + eps)) < tol) | (np.abs(ratio - (1 - eps)) < tol) | \
+            (np.abs(_f64(adv)) < tol)
 
 
 def check_clipped_surrogate(new, old, adv, eps) -> None:
@@ -241,13 +330,17 @@ def check_clipped_surrogate(new, old, adv, eps) -> None:
     exp = spec.clipped_surrogate(_f64(new), _f64(old), _f64(adv), clip_coef=eps)
     assert isinstance(res, ppo_core.SurrogateResult)
     assert all(isinstance(x, float) for x in (res.loss, res.clip_fraction, res.approx_kl))
-    assert res.grad.dtype == new.dtype and res.grad.shape == new.shape
+    dt = documented_dtype(new, old, adv)
+    assert res.grad.dtype == dt and res.grad.shape == new.shape, (res.grad.dtype, dt)
     n = new.size
-    atol = _loss_atol(new.dtype, new - old.astype(np.float64)) * (1 + float(np.max(np.abs(_f64(adv)))))
-    kink = _near_kink_surrogate(new, old, adv, eps, new.dtype)
-    assert abs(res.loss - exp.loss) <= atol, ("loss", res.loss, exp.loss)
-    assert abs(res.approx_kl - exp.approx_kl) <= atol, ("approx_kl", res.approx_kl, exp.approx_kl)
+    with np.errstate(invalid="ignore"):
+        log_ratio = _f64(new) - _f64(old)
+    atol = _loss_atol(dt, log_ratio) * (1 + _max_abs(adv))
+    kink = _near_kink_surrogate(new, old, adv, eps, dt)
+    assert_scalar(res.loss, exp.loss, atol, "loss")
+    assert_scalar(res.approx_kl, exp.approx_kl, atol, "approx_kl")
     assert abs(res.clip_fraction - exp.clip_fraction) <= np.count_nonzero(kink) / n + 1e-12
+    assert_same_nan(res.grad, exp.grad, "grad")
     ok = ~kink
     assert_close(res.grad[ok], exp.grad[ok], atol / n, "grad")
 
@@ -257,23 +350,33 @@ def check_clipped_value_loss(values, old, returns, eps) -> None:
         res = ppo_core.clipped_value_loss(values, old, returns, clip_coef=clip)
         exp = spec.clipped_value_loss(_f64(values), _f64(old), _f64(returns), clip_coef=clip)
         assert isinstance(res, ppo_core.ValueLossResult) and isinstance(res.loss, float)
-        assert res.grad.dtype == values.dtype and res.grad.shape == values.shape
+        # The clip fraction (which ppo_core.torch reports) from the same kernel call.
+        _, _, clip_fraction = ppo_core._clipped_value_loss(values, old, returns, clip)
+        dt = documented_dtype(values, old, returns)
+        assert res.grad.dtype == dt and res.grad.shape == values.shape, (res.grad.dtype, dt)
         n = values.size
-        fe = float(np.finfo(values.dtype).eps)
-        scale = 1.0 + max(float(np.max(np.abs(_f64(x)))) for x in (values, old, returns))
+        fe = float(np.finfo(dt).eps)
+        scale = 1.0 + _max_abs(values, old, returns)
         atol = 16 * fe * scale * scale
-        assert abs(res.loss - exp.loss) <= atol, ("loss", clip, res.loss, exp.loss)
+        assert_scalar(res.loss, exp.loss, atol, ("loss", clip))
+        assert_same_nan(res.grad, exp.grad, ("grad", clip))
         ok = np.ones(values.shape, bool)
         if clip is not None:
             # Elements where rounding in the result dtype could flip which term is
-            # larger, or whether |v - old| < eps, are compared by the loss only.
+            # larger, or whether |v - old| < eps, are compared by the loss only (and
+            # by their NaN-ness, above). Non-finite elements are never near a kink.
             v, o, R = _f64(values), _f64(old), _f64(returns)
-            vc = o + np.clip(v - o, -clip, clip)
-            margin = 8 * fe * scale
-            ok = (np.abs(v - o) < clip - margin) | (
-                (np.abs(v - o) > clip + margin) &
-                (np.abs((v - R) ** 2 - (vc - R) ** 2) > 64 * fe * scale * scale))
+            with np.errstate(invalid="ignore", over="ignore"):
+                d = v - o
+                vc = np.where(np.isnan(d), np.nan, o + np.clip(d, -clip, clip))
+                margin = 8 * fe * scale
+                ok = (np.abs(d) < clip - margin) | (
+                    (np.abs(d) > clip + margin) &
+                    (np.abs((v - R) ** 2 - (vc - R) ** 2) > 64 * fe * scale * scale))
+                ok |= ~np.isfinite(d) | ~np.isfinite(v - R)
         assert_close(res.grad[ok], exp.grad[ok], 4 * fe * scale / n, "grad")
+        assert abs(clip_fraction - exp.clip_fraction) <= np.count_nonzero(~ok) / n + 1e-12, \
+            ("clip_fraction", clip, clip_fraction, exp.clip_fraction)
 
 
 # Hypothesis-wrapped properties. Settings (examples, deadline) come from the active
@@ -313,12 +416,40 @@ def next_values_from_matches_spec(ro, with_final):
 
 
 @given(minibatches())
+@example((np.float32([0.5, -0.5]), np.float32([0, 0]), np.float32([1, 1]), 1e-50))
 def clipped_surrogate_matches_spec(mb):
     check_clipped_surrogate(*mb)
 
 
 @given(minibatches())
+@example((np.float32([1]), np.float32([0]), np.float32([1]), 1e-50))  # float32 eps = 0
 def clipped_value_loss_matches_spec(mb):
+    check_clipped_value_loss(*mb)
+
+
+# NaN and inf inputs: the spec's NaN rule (a NaN input or inf - inf gives that element a
+# NaN term and gradient; it is not counted as clipped) holds exactly in the build.
+_NAN, _INF = np.nan, np.inf
+
+
+@given(minibatches(nonfinite=True))
+@example((np.array([_NAN]), np.array([0.0]), np.array([1.0]), 0.2))
+@example((np.array([0.0, _INF]), np.array([_INF, 0.0]), np.array([1.0, 0.0]), 0.2))
+def clipped_surrogate_nan_rule_matches_spec(mb):
+    check_clipped_surrogate(*mb)
+
+
+@given(minibatches(nonfinite=True))
+@example((np.array([_NAN]), np.array([0.0]), np.array([0.0]), 0.2))
+@example((np.array([0.0, _INF, 3.0]), np.array([_NAN, _INF, _INF]), np.array([0.0, 1.0, _INF]), 0.2))
+@example((np.arange(600.0), np.r_[np.arange(599.0), _NAN], np.zeros(600), 0.2))
+def clipped_value_loss_nan_rule_matches_spec(mb):
+    check_clipped_value_loss(*mb)
+
+
+@given(integer_minibatches())
+def losses_on_integer_input_match_spec(mb):
+    check_clipped_surrogate(*mb)
     check_clipped_value_loss(*mb)
 
 
@@ -331,7 +462,25 @@ PROPERTIES: Dict[str, Callable[[], None]] = {
     "next_values_from == spec": next_values_from_matches_spec,
     "clipped_surrogate == spec (loss, grad, clip_fraction, approx_kl)": clipped_surrogate_matches_spec,
     "clipped_value_loss == spec (unclipped and clipped)": clipped_value_loss_matches_spec,
+    "both losses == spec on integer and bool input (float64 result)": losses_on_integer_input_match_spec,
+    "clipped_surrogate == spec with NaN and inf (the NaN rule)": clipped_surrogate_nan_rule_matches_spec,
+    "clipped_value_loss == spec with NaN and inf (the NaN rule)": clipped_value_loss_nan_rule_matches_spec,
 }
+
+
+def _run_with(prop: Callable[[], None], run_settings: settings) -> None:
+    """Run a @given property with these settings. @given binds the settings in force
+    when the module is imported (the default profile, or the test-suite's), before
+    main() knows --examples; applying @settings would mark the module's function for
+    good (a second application raises), and loading a profile would not reach it. So
+    the bound settings are swapped for the run, where @given looks them up, and put
+    back."""
+    bound = prop._hypothesis_internal_use_settings  # type: ignore[attr-defined]
+    prop._hypothesis_internal_use_settings = run_settings  # type: ignore[attr-defined]
+    try:
+        prop()
+    finally:
+        prop._hypothesis_internal_use_settings = bound  # type: ignore[attr-defined]
 
 
 def main(argv: List[str] | None = None) -> int:
@@ -346,15 +495,15 @@ def main(argv: List[str] | None = None) -> int:
     if args.examples < 1:
         parser.error("--examples must be >= 1")
 
-    settings.register_profile(
-        "ppo_core_verify", max_examples=args.examples, deadline=None, derandomize=False,
-        database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-    settings.load_profile("ppo_core_verify")
+    run_settings = settings(
+        max_examples=args.examples, deadline=None, derandomize=False, database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     print(f"ppo_core {ppo_core.__version__} from {ppo_core.__file__}")
     print(f"spec: {spec.__file__}")
     print(f"numpy {np.__version__}; {args.examples} examples per property; "
           "float32 and float64; 1-d and 2-d; C, Fortran, strided and reversed layouts; "
-          "bool, int and float masks; gamma and lam in [0, 1] including 0 and 1")
+          "bool, int and float masks; gamma and lam in [0, 1] including 0 and 1; "
+          "losses with NaN and inf inputs and on integer and bool input")
     failed = 0
     t0 = time.perf_counter()
     for name, prop in PROPERTIES.items():
@@ -364,7 +513,7 @@ def main(argv: List[str] | None = None) -> int:
             from hypothesis import seed as hseed
             run = hseed(args.seed)(prop)
         try:
-            run()
+            _run_with(run, run_settings)
         except Exception as exc:  # report every property, then fail
             failed += 1
             print(f"FAIL  {name}\n      {type(exc).__name__}: {exc}")
