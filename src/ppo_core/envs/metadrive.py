@@ -39,7 +39,7 @@ import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import gymnasium as gym
 import numpy as np
@@ -61,7 +61,6 @@ __all__ = [
     "ensure_offline_assets",
     "episode_metrics",
     "evaluate_policy",
-    "final_transitions",
     "make_metadrive_env",
     "make_vector_env",
     "scenario_for_seed",
@@ -487,7 +486,7 @@ def make_vector_env(
     observation is ``info["final_obs"][i]`` (object array, ``None`` elsewhere; mask
     ``info["_final_obs"]``); the final step's info is ``info["final_info"]`` (a dict of
     batched arrays, mask ``info["final_info"]["_<key>"]`` / ``info["_final_info"]``).
-    :func:`final_transitions` unpacks both.
+    The trainer's :class:`~ppo_core.train.RolloutCollector` reads both.
 
     Always asynchronous, even for ``num_envs == 1``: a ``SyncVectorEnv`` would put the
     engine into the calling process, where a second MetaDrive env (evaluation, GIF)
@@ -513,26 +512,6 @@ def make_vector_env(
     return gym.vector.AsyncVectorEnv(
         fns, context=context, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
     )
-
-
-def final_transitions(info: Mapping[str, Any]) -> Iterator[Tuple[int, np.ndarray, Dict[str, Any]]]:
-    """Yield ``(env_index, final_obs, final_info)`` for each sub-env that ended this step.
-
-    For a ``SAME_STEP`` autoreset vector env (:func:`make_vector_env`). ``final_info`` is
-    the unbatched info dict of the ending step (``arrive_dest``, ``crash``, ...).
-    """
-    mask = info.get("_final_obs")
-    if mask is None:
-        return
-    final_obs = info["final_obs"]
-    batched = info.get("final_info", {})
-    for i in np.flatnonzero(mask):
-        single = {
-            k: v[i]
-            for k, v in batched.items()
-            if not k.startswith("_") and (f"_{k}" not in batched or batched[f"_{k}"][i])
-        }
-        yield int(i), np.asarray(final_obs[i], dtype=np.float32), single
 
 
 # --------------------------------------------------------------------------------------
