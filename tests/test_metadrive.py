@@ -80,20 +80,22 @@ def test_package_is_import_light():
 def test_offline_assets_patch_when_missing_and_untouched_when_present(monkeypatch):
     from metadrive.engine.base_engine import BaseEngine
 
+    from ppo_core.envs.metadrive import assets
+
     status, _ = md.asset_status()
     state = md.ensure_offline_assets()
     if status == "present":
         assert state == "present"
-        assert BaseEngine.try_pull_asset is not md._skip_asset_pull
+        assert BaseEngine.try_pull_asset is not assets._skip_asset_pull
     else:
         assert state == "patched"
-        assert BaseEngine.try_pull_asset is md._skip_asset_pull
+        assert BaseEngine.try_pull_asset is assets._skip_asset_pull
 
     # A user with the real assets: nothing is patched.
-    monkeypatch.setattr(md, "_offline_state", None)
+    monkeypatch.setattr(assets, "_offline_state", None)
     monkeypatch.setattr(BaseEngine, "try_pull_asset", staticmethod(lambda: None))
     original = BaseEngine.__dict__["try_pull_asset"]
-    monkeypatch.setattr(md, "asset_status", lambda: ("present", "/fake/assets"))
+    monkeypatch.setattr(assets, "asset_status", lambda: ("present", "/fake/assets"))
     assert md.ensure_offline_assets() == "present"
     assert BaseEngine.__dict__["try_pull_asset"] is original
 
