@@ -80,20 +80,22 @@ def test_package_is_import_light():
 def test_offline_assets_patch_when_missing_and_untouched_when_present(monkeypatch):
     from metadrive.engine.base_engine import BaseEngine
 
+    from ppo_core.envs.metadrive import assets
+
     status, _ = md.asset_status()
     state = md.ensure_offline_assets()
     if status == "present":
         assert state == "present"
-        assert BaseEngine.try_pull_asset is not md._skip_asset_pull
+        assert BaseEngine.try_pull_asset is not assets._skip_asset_pull
     else:
         assert state == "patched"
-        assert BaseEngine.try_pull_asset is md._skip_asset_pull
+        assert BaseEngine.try_pull_asset is assets._skip_asset_pull
 
     # A user with the real assets: nothing is patched.
-    monkeypatch.setattr(md, "_offline_state", None)
+    monkeypatch.setattr(assets, "_offline_state", None)
     monkeypatch.setattr(BaseEngine, "try_pull_asset", staticmethod(lambda: None))
     original = BaseEngine.__dict__["try_pull_asset"]
-    monkeypatch.setattr(md, "asset_status", lambda: ("present", "/fake/assets"))
+    monkeypatch.setattr(assets, "asset_status", lambda: ("present", "/fake/assets"))
     assert md.ensure_offline_assets() == "present"
     assert BaseEngine.__dict__["try_pull_asset"] is original
 
@@ -181,23 +183,54 @@ def test_reset_seed_and_options(make_env):
     assert seen <= set(range(100, 105)) and len(seen) > 1
 
 
-def test_async_vector_env_two_workers_no_network_in_parent(no_network):
-    envs = md.make_vector_env(SMALL.replace(horizon=40), num_envs=2, seed=0)
+def test_vector_env_endings_reach_the_trainer_with_final_obs_and_info(no_network):
+    """Two MetaDrive workers through the trainer's rollout path (VectorEnvSource ->
+    RolloutCollector): every ending is booked as terminated or truncated, never both; a
+    truncation is valued on the real final observation, not on the next episode's first
+    one, and its final info says max_step."""
+    torch = pytest.importorskip("torch")
+    from ppo_core import train as T
+
+    class RandomActions(torch.nn.Module):
+        """Standard normal actions; value = sum of the observation, to tell observations apart."""
+
+        def __init__(self):
+            super().__init__()
+            self.batch_shapes = []
+
+        def forward(self, obs):
+            self.batch_shapes.append(tuple(obs.shape))
+            n = obs.shape[0]
+            normal = torch.distributions.Normal(torch.zeros(n, 2), torch.ones(n, 2))
+            return torch.distributions.Independent(normal, 1), obs.sum(-1)
+
+    steps, horizon = 150, 40
+    config = T.PPOConfig(env_id="metadrive", num_envs=2, seed=0,
+                         env_kwargs={"num_scenarios": 10, "start_seed": 0, "horizon": horizon})
+    source = T.VectorEnvSource(config)
+    policy = RandomActions()
     try:
-        obs, info = envs.reset()
-        assert obs.shape == (2,) + envs.single_observation_space.shape
-        endings = 0
-        for _ in range(150):
-            obs, reward, terminated, truncated, info = envs.step(envs.action_space.sample())
-            assert obs.shape[0] == 2 and reward.shape == (2,)
-            for i, final_obs, final_info in md.final_transitions(info):
-                endings += 1
-                assert terminated[i] or truncated[i]
-                assert final_obs.shape == envs.single_observation_space.shape
-                assert bool(final_info["max_step"]) == bool(truncated[i]) or terminated[i]
-        assert endings >= 2  # horizon 40: at least one ending per worker
+        source.sync_policy(policy)
+        ro = source.collect(steps)
     finally:
-        envs.close()
+        source.close()
+    obs_shape = tuple(source.observation_space.shape)
+    assert tuple(ro.obs.shape) == (steps, 2) + obs_shape and tuple(ro.rewards.shape) == (steps, 2)
+    done = ro.terminated | ro.truncated
+    assert not (ro.terminated & ro.truncated).any()
+    endings = done.nonzero().tolist()  # in the order the episodes were booked
+    assert len(endings) >= 2  # horizon 40: at least one ending per worker
+    assert len(ro.episode_metrics) == len(endings)
+    # Every step, every step with a truncation (its final observations) and the last observations.
+    assert len(policy.batch_shapes) == steps + int(ro.truncated.any(dim=1).sum()) + 1
+    assert all(shape[1:] == obs_shape for shape in policy.batch_shapes)
+    for (t, i), metrics in zip(endings, ro.episode_metrics):
+        assert metrics["max_step"] == bool(ro.truncated[t, i]) or ro.terminated[t, i]
+        assert metrics["scenario"] in range(10)
+        if ro.truncated[t, i]:
+            assert metrics["length"] == horizon
+            if t + 1 < steps:
+                assert ro.next_values[t, i] != ro.values[t + 1, i]
 
 
 def test_evaluate_policy_metrics():
