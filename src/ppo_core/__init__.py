@@ -25,7 +25,7 @@ The executable definition of each function is the NumPy reference in
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple
 
 import numpy as np
 

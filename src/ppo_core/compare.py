@@ -1,4 +1,4 @@
-"""``ppo-core compare`` and ``ppo-core lrsweep``: algorithms on the same budget and seeds.
+"""Comparing algorithms on the same budget and seeds (behind ``ppo-core compare`` and ``lrsweep``).
 
 ``compare`` trains each algorithm (a preset name from :data:`ppo_core.train.ALGOS` or
 a config file) for the same number of environment steps with the same seeds, one
@@ -21,13 +21,13 @@ Settings of each run: the environment's defaults (as ``ppo-core train``) < the s
 learning rate). Existing finished runs with the same config are reused, so an
 interrupted comparison continues where it stopped.
 
-This module imports only the standard library at import time (it is imported by
-the CLI's parser); torch and matplotlib are imported when a command runs.
+This module imports only the standard library at import time (the CLI's parser
+imports it); torch and matplotlib are imported when a run starts. The command line
+lives in :mod:`ppo_core.cli.experiments`.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -35,11 +35,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["Entry", "Curves", "resolve_entries", "base_config", "run_entries", "load_curves", "summarize",
            "plot_compare", "plot_lrsweep", "default_threshold", "SUMMARY_COLUMNS", "RUNS_COLUMNS",
-           "LRSWEEP_COLUMNS", "add_parsers"]
+           "LRSWEEP_COLUMNS", "per_run_rows", "write_csv", "format_table", "save_figure",
+           "DEFAULT_SUCCESS_THRESHOLD", "ProgressFactory", "lrsweep_summary", "shown_columns"]
 
 #: Columns of ``summary.csv`` (one row per algorithm). Over seeds: ``*_mean`` is the mean,
 #: ``*_std`` the sample standard deviation (ddof = 1; 0 with one seed). ``final_return``
@@ -66,6 +67,9 @@ LRSWEEP_COLUMNS = ["label", "learning_rate", "source", "env_id", "seeds", "total
 
 #: Held-out success rate at or above which a MetaDrive run counts as having learned.
 DEFAULT_SUCCESS_THRESHOLD = 0.5
+
+#: ``progress(total_steps, start_step) -> callback``: a trainer callback per run (e.g. a progress bar).
+ProgressFactory = Callable[[int, int], Callable[..., None]]
 
 
 @dataclass
@@ -183,12 +187,12 @@ def resolve_entries(specs: Sequence[str], base: Any, overrides: Optional[Dict[st
 # -- running ----------------------------------------------------------------------
 
 
-def _run_one(config: Any, run_dir: Path, progress: bool) -> float:
+def _run_one(config: Any, run_dir: Path, progress: Optional[ProgressFactory]) -> float:
     """Train ``config`` into ``run_dir`` (or finish / reuse the run there); return its seconds."""
     from ppo_core import train as T
     from ppo_core.train import checkpoint as ckpt
 
-    if ckpt.list_checkpoints(run_dir):
+    if ckpt.is_run_dir(run_dir):
         saved = ckpt.load_run_config(run_dir)
         if saved.to_dict() != config.to_dict():
             raise T.RunDirError(f"{run_dir} holds a run with another config; choose another --out "
@@ -199,18 +203,18 @@ def _run_one(config: Any, run_dir: Path, progress: bool) -> float:
             return trainer.elapsed
     else:
         trainer = T.Trainer(config, run_dir)
-    if progress:
-        from ppo_core.cli import _Progress
-
-        trainer.callbacks.append(_Progress(sys.stderr, config.num_updates * config.batch_size,
-                                           trainer.global_step))
+    if progress is not None:
+        trainer.callbacks.append(progress(config.num_updates * config.batch_size, trainer.global_step))
     trainer.train()
     return trainer.elapsed
 
 
 def run_entries(entries: Sequence[Entry], seeds: Sequence[int], runs_dir: Path, *,
-                progress: bool = False, log: Any = None) -> Dict[str, Curves]:
+                progress: Optional[ProgressFactory] = None, log: Any = None) -> Dict[str, Curves]:
     """Train every entry with every seed, sequentially; return the curves by label.
+
+    ``progress(total_steps, start_step)``, if given, makes a trainer callback per run
+    (the CLI passes its progress display).
 
     Run directories are ``runs_dir/<label>/seed<S>``. Every run gets the same
     ``total_steps`` (its entry's config decides it; the CLI sets the same for all).
@@ -353,6 +357,27 @@ def summarize(entry: Entry, curves: Curves, threshold: Optional[float],
     return row
 
 
+def lrsweep_summary(entry: Entry, curves: Curves, learning_rate: float, threshold: Optional[float]) -> Dict[str, Any]:
+    """:func:`summarize` of one entry at one learning rate, plus its ``learning_rate``,
+    ``peak_return`` (of the mean curve over seeds) and ``second_half_std`` (the mean over
+    seeds of the return's std in the second half of each run)."""
+    import numpy as np
+
+    row = summarize(entry, curves, threshold, None)
+    _, mean, _ = _band(curves.steps, curves.returns)
+    halves = [np.asarray(r, float)[len(r) // 2:] for r in curves.returns]
+    halves = [float(h[np.isfinite(h)].std()) for h in halves if np.isfinite(h).sum() >= 2]
+    row.update(learning_rate=learning_rate,
+               peak_return=float(np.nanmax(mean)) if np.isfinite(mean).any() else math.nan,
+               second_half_std=float(np.mean(halves)) if halves else math.nan)
+    return row
+
+
+def shown_columns(columns: Sequence[str], rows: Sequence[Dict[str, Any]]) -> List[str]:
+    """The columns worth printing: those with a value in some row (and not ``source``, ``env_id``)."""
+    return [c for c in columns if c not in ("source", "env_id") and any(_fmt(r.get(c)) for r in rows)]
+
+
 def _fmt(x: Any) -> str:
     if x is None:
         return ""
@@ -386,7 +411,8 @@ def format_table(columns: Sequence[str], rows: Sequence[Dict[str, Any]]) -> str:
 # -- plots ------------------------------------------------------------------------
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as a PNG, atomically."""
     from ppo_core.train.checkpoint import atomic_write_bytes
 
     buf = io.BytesIO()
@@ -428,7 +454,7 @@ def plot_compare(curves: Sequence[Curves], path: Path, *, title: str, threshold:
     n = max((len(c.seeds) for c in curves), default=0)
     fig.suptitle(f"{title}: mean ± std over {n} seed{'s' * (n != 1)}", fontsize="medium")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_lrsweep(grid: Dict[float, Dict[str, Curves]], path: Path, *, title: str,
@@ -474,164 +500,7 @@ def plot_lrsweep(grid: Dict[float, Dict[str, Curves]], path: Path, *, title: str
     n = max((len(c.seeds) for d in grid.values() for c in d.values()), default=0)
     fig.suptitle(f"{title}: mean ± std over {n} seed{'s' * (n != 1)}", fontsize="medium")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 # -- commands ---------------------------------------------------------------------
-
-
-def _prepare(args: argparse.Namespace) -> Tuple[Any, List[Entry], List[int], Path]:
-    from ppo_core.cli import CLIError, _flag, _is_metadrive, _metadrive_flags, _require
-
-    overrides: Dict[str, Any] = {"total_steps": args.total_steps}
-    if args.num_envs is not None:
-        overrides["num_envs"] = args.num_envs
-    if args.eval_every_steps is not None:
-        overrides["eval_every_steps"] = args.eval_every_steps
-    md = _metadrive_flags(args)
-    base = base_config(args.env, args.config, overrides, md)
-    if md and not _is_metadrive(base.env_id):
-        raise CLIError(f"{', '.join(map(_flag, md))} only applies to MetaDrive (--env metadrive), "
-                       f"not {base.env_id!r}")
-    if _is_metadrive(base.env_id):
-        _require({"metadrive": "metadrive-simulator"}, "metadrive", f"{args.command} --env metadrive")
-    entries = resolve_entries(args.algos, base, overrides, md)
-    seeds = list(range(args.seed, args.seed + args.seeds))
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} exists and is not a directory", code=1)
-    out.mkdir(parents=True, exist_ok=True)
-    return base, entries, seeds, out
-
-
-def _thresholds(args: argparse.Namespace, env_id: str) -> Tuple[Optional[float], Optional[float]]:
-    from ppo_core.cli import _is_metadrive
-
-    threshold = args.threshold if args.threshold is not None else default_threshold(env_id)
-    if not _is_metadrive(env_id):
-        return threshold, None
-    success = args.success_threshold if args.success_threshold is not None else DEFAULT_SUCCESS_THRESHOLD
-    return threshold, success
-
-
-def compare_command(args: argparse.Namespace) -> int:
-    """``ppo-core compare``."""
-    base, entries, seeds, out = _prepare(args)
-    threshold, success_threshold = _thresholds(args, base.env_id)
-    print(f"compare {', '.join(e.label for e in entries)} on {base.env_id}: {base.num_updates * base.batch_size} "
-          f"steps x seeds {seeds[0]}..{seeds[-1]} into {out}", file=sys.stderr)
-    curves = run_entries(entries, seeds, out / "runs", progress=not args.quiet)
-    summary = [summarize(e, curves[e.label], threshold, success_threshold) for e in entries]
-    runs = [r for e in entries for r in per_run_rows(curves[e.label], threshold, success_threshold)]
-    write_csv(out / "summary.csv", SUMMARY_COLUMNS, summary)
-    write_csv(out / "runs.csv", RUNS_COLUMNS, runs)
-    plot_compare([curves[e.label] for e in entries], out / "compare.png",
-                 title=f"{base.env_id}, {base.num_updates * base.batch_size} steps", threshold=threshold)
-    shown = [c for c in SUMMARY_COLUMNS if c not in ("source", "env_id")
-             and any(_fmt(r.get(c)) for r in summary)]
-    print(format_table(shown, summary))
-    print(f"wrote {out / 'compare.png'}, {out / 'summary.csv'}, {out / 'runs.csv'}")
-    return 0
-
-
-def lrsweep_command(args: argparse.Namespace) -> int:
-    """``ppo-core lrsweep``."""
-    import numpy as np
-
-    base, entries, seeds, out = _prepare(args)
-    threshold, _ = _thresholds(args, base.env_id)
-    if not args.anneal_lr:
-        entries = [Entry(e.label, e.config.replace(anneal_lr=False), e.source) for e in entries]
-    lrs = sorted(set(args.learning_rates))
-    print(f"lrsweep {', '.join(e.label for e in entries)} on {base.env_id} at learning rates "
-          f"{', '.join(f'{lr:g}' for lr in lrs)} ({'annealed' if args.anneal_lr else 'constant'}): "
-          f"{base.num_updates * base.batch_size} steps x seeds {seeds[0]}..{seeds[-1]} into {out}",
-          file=sys.stderr)
-    grid: Dict[float, Dict[str, Curves]] = {}
-    summary: List[Dict[str, Any]] = []
-    for lr in lrs:
-        lr_entries = [Entry(e.label, e.config.replace(learning_rate=lr), e.source) for e in entries]
-        grid[lr] = run_entries(lr_entries, seeds, out / "runs" / f"lr{lr:g}", progress=not args.quiet)
-        for e in lr_entries:
-            c = grid[lr][e.label]
-            row = summarize(e, c, threshold, None)
-            _, mean, _ = _band(c.steps, c.returns)
-            halves = [np.asarray(r, float)[len(r) // 2:] for r in c.returns]
-            halves = [float(h[np.isfinite(h)].std()) for h in halves if np.isfinite(h).sum() >= 2]
-            row.update(learning_rate=lr, peak_return=float(np.nanmax(mean)) if np.isfinite(mean).any() else math.nan,
-                       second_half_std=float(np.mean(halves)) if halves else math.nan)
-            summary.append(row)
-    write_csv(out / "summary.csv", LRSWEEP_COLUMNS, summary)
-    plot_lrsweep(grid, out / "lrsweep.png",
-                 title=f"{base.env_id}, {base.num_updates * base.batch_size} steps, "
-                       f"{'annealed' if args.anneal_lr else 'constant'} learning rate", threshold=threshold)
-    shown = [c for c in LRSWEEP_COLUMNS if c not in ("source", "env_id")
-             and any(_fmt(r.get(c)) for r in summary)]
-    print(format_table(shown, summary))
-    print(f"wrote {out / 'lrsweep.png'}, {out / 'summary.csv'}")
-    return 0
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    from ppo_core.cli import _add_metadrive_options, _non_negative_int, _positive_int
-
-    p.add_argument("--env", metavar="ENV_ID", help="'metadrive' or a gymnasium id (required unless --config "
-                                                   "sets env_id)")
-    p.add_argument("--config", metavar="FILE",
-                   help="shared base config (e.g. configs/cartpole.toml): environment, network, batch, "
-                        "learning rate; each algorithm's keys go over it")
-    p.add_argument("--total-steps", type=_positive_int, required=True, metavar="N",
-                   help="environment steps of every run (rounded up to whole rollouts)")
-    p.add_argument("--seeds", type=_positive_int, default=3, metavar="K", help="seeds per algorithm (default 3)")
-    p.add_argument("--seed", type=_non_negative_int, default=1, metavar="S",
-                   help="first seed; runs use S..S+K-1 (default 1)")
-    p.add_argument("--num-envs", type=_positive_int, metavar="K", help="parallel environments of every run")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory (runs are kept in DIR/runs)")
-    p.add_argument("--threshold", type=float, metavar="R",
-                   help="return that counts as solved, for steps-to-threshold (default: the env's "
-                        "gymnasium reward_threshold, e.g. 475 for CartPole-v1; none for MetaDrive)")
-    p.add_argument("--eval-every-steps", type=_non_negative_int, metavar="N",
-                   help="held-out evaluation every N steps and at the end (0 = off; default: the config's, "
-                        "MetaDrive 200000); on MetaDrive its success rate is the second panel")
-    p.add_argument("--quiet", action="store_true", help="no per-update progress")
-    _add_metadrive_options(p, scenario_help="number of training scenarios (default 100)",
-                           start_help="first training scenario (default 0)")
-
-
-def add_parsers(sub: Any) -> None:
-    """Register ``compare`` and ``lrsweep`` on the CLI's subparsers (``sub.add_parser``)."""
-    from ppo_core.cli import _unit_float
-
-    c = sub.add_parser("compare", help="train several algorithms on the same budget and seeds; plot and summarize",
-                       description="Train each ALGO_OR_CONFIG (reinforce, reinforce-baseline, a2c, ppo, or a "
-                                   "config file) with the same step budget and seeds, one run after another; "
-                                   "write DIR/compare.png, DIR/summary.csv, DIR/runs.csv. Settings: the env's "
-                                   "defaults < --config < the algorithm < flags.")
-    c.add_argument("algos", nargs="+", metavar="ALGO_OR_CONFIG")
-    _common(c)
-    c.add_argument("--success-threshold", type=_unit_float, metavar="P",
-                   help="MetaDrive: held-out success rate that counts as learned (default 0.5)")
-    c.set_defaults(run=compare_command)
-
-    s = sub.add_parser("lrsweep", help="train algorithms at several learning rates (tutorial flaw 2); plot",
-                       description="Train each ALGO_OR_CONFIG (default: reinforce ppo) at every learning rate "
-                                   "with the same budget and seeds; write DIR/lrsweep.png and DIR/summary.csv. "
-                                   "The learning rate is constant unless --anneal-lr.")
-    s.add_argument("algos", nargs="*", default=["reinforce", "ppo"], metavar="ALGO_OR_CONFIG")
-    _common(s)
-    s.add_argument("--learning-rates", "--lrs", type=_positive_float, nargs="+",
-                   default=[3e-4, 1e-3, 3e-3, 1e-2], metavar="LR",
-                   help="learning rates (default 3e-4 1e-3 3e-3 1e-2)")
-    s.add_argument("--anneal-lr", action="store_true",
-                   help="keep the config's linear decay of the learning rate (default: constant rate)")
-    s.set_defaults(run=lrsweep_command, success_threshold=None)

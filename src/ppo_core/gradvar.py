@@ -31,13 +31,11 @@ imports it); torch is imported when the command runs.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 __all__ = ["GRADVAR_COLUMNS", "DEFAULT_LAMS", "Snapshot", "load_snapshot", "train_snapshot", "measure",
-           "plot_gradvar", "add_parser"]
+           "plot_gradvar"]
 
 #: λ values of GAE measured by default.
 DEFAULT_LAMS = (0.0, 0.9, 0.95, 1.0)
@@ -196,7 +194,7 @@ def plot_gradvar(rows: Sequence[Dict[str, Any]], path: Any, *, title: str) -> No
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from ppo_core.compare import _save
+    from ppo_core.compare import save_figure
 
     names = [r["estimator"].replace("GAE lambda=", "GAE λ=").replace("G - V", "G − V") for r in rows]
     colors = ["C3", "C1"] + ["C0"] * (len(rows) - 2)
@@ -220,72 +218,4 @@ def plot_gradvar(rows: Sequence[Dict[str, Any]], path: Any, *, title: str) -> No
                         fontsize="x-small")
     fig.suptitle(title, fontsize="medium")
     fig.tight_layout()
-    _save(fig, Path(path))
-
-
-def gradvar_command(args: argparse.Namespace) -> int:
-    """``ppo-core gradvar``."""
-    from ppo_core.cli import CLIError
-    from ppo_core.compare import base_config, format_table, write_csv
-
-    if args.batches < 2:
-        raise CLIError(f"--batches must be >= 2 to estimate a variance, got {args.batches}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.run_dir:
-        clashing = [f for f, v in (("--env", args.env), ("--config", args.config),
-                                   ("--train-steps", args.train_steps)) if v is not None]
-        if clashing:
-            raise CLIError(f"a RUN_DIR is the snapshot; {', '.join(clashing)} cannot be combined with it")
-        snapshot = load_snapshot(args.run_dir)
-        source = str(args.run_dir)
-    else:
-        steps = 20_000 if args.train_steps is None else args.train_steps
-        config = base_config(args.env, args.config, {"total_steps": steps, "seed": args.seed})
-        print(f"training a snapshot of {config.env_id} for {config.num_updates * config.batch_size} steps "
-              f"into {out / 'snapshot'}", file=sys.stderr, flush=True)
-        snapshot = train_snapshot(config, out / "snapshot")
-        source = str(out / "snapshot")
-    cfg = snapshot.config
-    num_envs = args.num_envs or cfg.num_envs
-    num_steps = args.num_steps or cfg.num_steps
-    print(f"{args.batches} batches of {num_envs} x {num_steps} steps with the policy of {source} "
-          f"(step {snapshot.step})", file=sys.stderr, flush=True)
-    rows = measure(snapshot, batches=args.batches, num_envs=num_envs, num_steps=num_steps, lams=args.lams,
-                   seed=args.seed + 10_000, gamma=args.gamma)
-    write_csv(out / "gradvar.csv", GRADVAR_COLUMNS, rows)
-    plot_gradvar(rows, out / "gradvar.png",
-                 title=f"{cfg.env_id}: policy-gradient variance over {args.batches} batches of "
-                       f"{num_envs * num_steps} steps (policy at step {snapshot.step}, γ={rows[0]['gamma']:g})")
-    print(format_table(["estimator", "grad_variance", "variance_vs_reward_to_go", "mean_grad_sq_norm",
-                        "pairwise_cosine", "mean_abs_advantage"], rows))
-    print(f"wrote {out / 'gradvar.png'}, {out / 'gradvar.csv'}")
-    return 0
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``gradvar`` on the CLI's subparsers."""
-    from ppo_core.cli import _non_negative_int, _positive_int, _unit_float
-
-    g = sub.add_parser("gradvar", help="variance of the policy-gradient estimate per advantage estimator "
-                                       "(tutorial flaw 1)",
-                       description="Estimate the variance of the policy gradient over independent batches "
-                                   "of one policy snapshot, for reward-to-go, G - V and GAE(lambda); write "
-                                   "DIR/gradvar.png and DIR/gradvar.csv. The snapshot is RUN_DIR's latest "
-                                   "checkpoint, or a policy trained for --train-steps with --env/--config.")
-    g.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="trained run to take the policy from")
-    g.add_argument("--env", metavar="ENV_ID", help="environment of the snapshot to train")
-    g.add_argument("--config", metavar="FILE", help="config of the snapshot to train (e.g. configs/cartpole.toml)")
-    g.add_argument("--train-steps", type=_non_negative_int, metavar="N",
-                   help="steps to train the snapshot for (default 20000)")
-    g.add_argument("--batches", type=_positive_int, default=32, metavar="M",
-                   help="independent batches (default 32)")
-    g.add_argument("--num-envs", type=_positive_int, metavar="K", help="envs per batch (default: the config's)")
-    g.add_argument("--num-steps", type=_positive_int, metavar="T",
-                   help="steps per env per batch (default: the config's)")
-    g.add_argument("--lams", type=_unit_float, nargs="+", default=list(DEFAULT_LAMS), metavar="LAMBDA",
-                   help="GAE lambdas (default 0 0.9 0.95 1)")
-    g.add_argument("--gamma", type=_unit_float, metavar="G", help="discount (default: the snapshot's)")
-    g.add_argument("--seed", type=_non_negative_int, default=1, metavar="S", help="seed (default 1)")
-    g.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    g.set_defaults(run=gradvar_command)
+    save_figure(fig, Path(path))

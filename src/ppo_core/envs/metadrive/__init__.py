@@ -40,8 +40,6 @@ Design notes (measured facts are in ``docs/metadrive-notes.md``):
 
 from __future__ import annotations
 
-# Also handed on, outside __all__ as before the split: TRAIN_SCENARIO_LIMIT, RESERVED_START_SEED,
-# ActFn, METRIC_KEYS.
 from .assets import ALLOW_DOWNLOAD_ENV, asset_status, ensure_offline_assets
 from .config import (EVAL_START_SEED, RESERVED_START_SEED, TEST_START_SEED, TRAIN_SCENARIO_LIMIT,
                      VALIDATION_START_SEED, MetaDriveConfig, scenario_for_seed)
@@ -55,6 +53,10 @@ __all__ = [
     "EVAL_START_SEED",
     "VALIDATION_START_SEED",
     "TEST_START_SEED",
+    "RESERVED_START_SEED",
+    "TRAIN_SCENARIO_LIMIT",
+    "METRIC_KEYS",
+    "ActFn",
     "EPISODE_KEYS",
     "EvalWorkerError",
     "RATE_FLAGS",

@@ -1,0 +1,202 @@
+"""What the ``ppo-core`` commands share: the one-line error, argparse types, the
+MetaDrive flags, extra checks, the progress display and output-path checks.
+
+Standard library only at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, List, NoReturn
+
+_TRAIN_MODULES = {"torch": "torch", "gymnasium": "gymnasium", "matplotlib": "matplotlib", "tomli_w": "tomli-w"}
+
+
+class CLIError(Exception):
+    """Bad input: printed as one line, exit status ``code``."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, no usage dump
+        raise CLIError(f"{self.prog}: {message} (see --help)")
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    if value >= 2**63:  # what torch's generators and a config.toml hold
+        raise argparse.ArgumentTypeError(f"must be below 2**63, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be >= 1, got 0")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
+
+
+def _is_metadrive(env_id: str) -> bool:
+    return env_id.lower().startswith("metadrive")  # as ppo_core.train.envs.env_family
+
+
+def _add_metadrive_options(p: argparse.ArgumentParser, *, scenario_help: str, start_help: str) -> None:
+    g = p.add_argument_group("MetaDrive options (override the config's / run's env_kwargs)")
+    g.add_argument("--num-scenarios", type=_positive_int, metavar="K", help=scenario_help)
+    g.add_argument("--start-seed", type=_non_negative_int, metavar="S", help=start_help)
+    g.add_argument("--traffic-density", type=_unit_float, metavar="D", help="traffic density in [0, 1]")
+    g.add_argument("--horizon", type=_positive_int, metavar="H", help="episode step limit (a truncation)")
+
+
+def _metadrive_flags(args: argparse.Namespace, names: tuple = ("num_scenarios", "start_seed",
+                                                                "traffic_density", "horizon")) -> Dict[str, Any]:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _setup_logging() -> None:
+    # Warnings (worker restarts) and the MetaDrive asset decision reach the user; a host
+    # application or pytest that configured logging keeps its own handlers.
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _require(modules: Dict[str, str], extra: str, command: str) -> None:
+    missing = [pip_name for mod, pip_name in modules.items() if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise CLIError(
+            f"`ppo-core {command}` needs the '{extra}' extra ({', '.join(missing)} not installed): "
+            f'pip install "ppo_core[{extra}]"', code=1)
+
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+
+# -- progress ---------------------------------------------------------------------
+
+
+class _Progress:
+    """A one-line progress bar on a terminal, plain log lines (at most every 5 s) otherwise."""
+
+    def __init__(self, stream: Any, total_steps: int, start_step: int) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.total = max(total_steps, 1)
+        self.start_step = start_step
+        self.t0 = time.monotonic()
+        self.last_line = -math.inf
+
+    def __call__(self, trainer: Any, row: Dict[str, Any]) -> None:
+        step, ret, sps = row["step"], row["episode_return"], row["steps_per_second"]
+        ret_text = "   n/a" if math.isnan(ret) else f"{ret:8.2f}"
+        done = trainer.finished
+        if self.tty and "eval_step" in row:  # keep held-out results on screen, above the bar
+            self.stream.write(f"\r{'':110}\r[eval] step {row['eval_step']}:{_eval_text(row)}\n")
+        if self.tty:
+            frac = min(step / self.total, 1.0)
+            width = 24
+            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
+            elapsed = time.monotonic() - self.t0
+            rate = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
+            eta = (self.total - step) / rate if rate > 0 and not done else 0.0
+            self.stream.write(f"\r[{bar}] {step:>10,}/{self.total:,} steps  {sps:7.0f} steps/s  "
+                              f"return {ret_text}  eta {int(eta) // 60}:{int(eta) % 60:02d} ")
+            if done:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif done or time.monotonic() - self.last_line >= 5.0:
+            self.last_line = time.monotonic()
+            self.stream.write(f"update {row['update']} step {step}/{self.total} return {ret_text.strip()} "
+                              f"steps/s {sps:.0f} approx_kl {row['approx_kl']:.4f} "
+                              f"explained_variance {row['explained_variance']:.3f}{_eval_text(row)}\n")
+            self.stream.flush()
+
+
+def _eval_text(row: Dict[str, Any]) -> str:
+    if "eval_step" not in row:
+        return ""
+    if "eval_success_rate" in row:
+        return (f" | held-out success {row['eval_success_rate']:.2f} route completion "
+                f"{row['eval_route_completion']:.2f} return {row['eval_mean_return']:.1f}")
+    return f" | held-out return {row['eval_mean_return']:.2f}"
+
+
+
+# -- output paths -------------------------------------------------------------------
+
+
+def _check_writable(path: str, flag: str) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} {path}: is a directory", code=1)
+    if not os.path.isdir(parent):
+        raise CLIError(f"{flag} {path}: folder {parent} does not exist", code=1)
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"{flag} {path}: folder {parent} is not writable", code=1)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise CLIError(f"{flag} {path}: file is not writable", code=1)
+
+
+def _check_creatable(path: str, flag: str) -> None:
+    """``path`` can be written, creating missing parent folders: the nearest existing
+    ancestor is a writable folder and nothing on the way is a file."""
+    if os.path.isdir(path):
+        raise CLIError(f"{flag} {path}: is a directory", code=1)
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise CLIError(f"{flag} {path}: {parent} is a file, not a folder", code=1)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{flag} {path}: folder {parent} is not writable", code=1)
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise CLIError(f"{flag} {path}: file is not writable", code=1)
+
+
+def _write_jsonl(path: str, records: List[Dict[str, Any]]) -> None:
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CLIError(f"cannot write {path}: {e.strerror or e}", code=1) from None
+
