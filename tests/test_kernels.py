@@ -247,7 +247,7 @@ def test_value_loss_nan_rule(impl, dtype, case):
     not counted as clipped (NaN > x is false), as in the surrogate's clip fraction."""
     v, old, R = (np.array([x, 0.5], dtype) for x in case)  # a finite second element
     R[1], old[1] = 0.25, 0.5
-    res = ppo_core._clipped_value_loss(v, old, R, 0.2) if impl is ppo_core else \
+    res = ppo_core.clipped_value_loss_stats(v, old, R, clip_coef=0.2) if impl is ppo_core else \
         spec.clipped_value_loss(v, old, R, clip_coef=0.2)
     loss, grad, clip_fraction = res[0], res[1], res[2]
     assert np.isnan(loss), loss
@@ -260,7 +260,7 @@ def test_value_loss_nan_in_old_values_is_ignored_without_clipping(impl):
     """Without clipping old_values is not part of the loss."""
     v, old, R = np.array([1.0, 2.0]), np.array([NAN, INF]), np.array([0.0, 0.0])
     if impl is ppo_core:
-        loss, grad, cf = ppo_core._clipped_value_loss(v, old, R, None)
+        loss, grad, cf = ppo_core.clipped_value_loss_stats(v, old, R, clip_coef=None)
     else:
         loss, grad, cf = spec.clipped_value_loss(v, old, R)
     assert loss == 1.25 and list(grad) == [0.5, 1.0] and cf == 0.0
@@ -295,9 +295,9 @@ def test_tiny_clip_coef_clips_in_float32_as_in_float64(clip):
     old64 = np.array([0.0, 0.5, 2.0, 0.5] + list(v64[4:] + rng.normal(0, 0.3, 300)))
     R64 = np.array([1.0, 0.0, 3.0, -1.0] + list(rng.normal(size=300)))
     v, old, R = (x.astype(np.float32) for x in (v64, old64, R64))
-    got32 = ppo_core._clipped_value_loss(v, old, R, clip)
-    got64 = ppo_core._clipped_value_loss(v.astype(np.float64), old.astype(np.float64),
-                                         R.astype(np.float64), clip)
+    got32 = ppo_core.clipped_value_loss_stats(v, old, R, clip_coef=clip)
+    got64 = ppo_core.clipped_value_loss_stats(v.astype(np.float64), old.astype(np.float64),
+                                              R.astype(np.float64), clip_coef=clip)
     exp = spec.clipped_value_loss(v, old, R, clip_coef=clip)
     assert ppo_core.clipped_value_loss(np.float32([1]), np.float32([0]), np.float32([1]),
                                        clip_coef=clip).loss == 0.5  # the reported case
@@ -323,7 +323,7 @@ def test_huge_clip_coef_stays_finite_in_float32(clip):
     v, old, R = np.array([0.0, 1.0]), np.array([np.inf, 0.5]), np.array([0.0, 0.0])
     exp = spec.clipped_value_loss(v, old, R, clip_coef=clip)
     for dt in (np.float32, np.float64):
-        loss, grad, cf = ppo_core._clipped_value_loss(v.astype(dt), old.astype(dt), R.astype(dt), clip)
+        loss, grad, cf = ppo_core.clipped_value_loss_stats(v.astype(dt), old.astype(dt), R.astype(dt), clip_coef=clip)
         assert loss == exp.loss == np.inf and cf == exp.clip_fraction == 0.5, (dt, loss, cf)
         np.testing.assert_array_equal(grad, exp.grad)
     s = ppo_core.clipped_surrogate(np.float32([np.inf, 0.1]), np.float32([0, 0]),

@@ -46,6 +46,8 @@ __all__ = [
     "next_values_from",
     "clipped_surrogate",
     "clipped_value_loss",
+    "clipped_value_loss_stats",
+    "ValueLossStats",
     "SurrogateResult",
     "ValueLossResult",
     "load_policy",
@@ -71,6 +73,15 @@ class ValueLossResult(NamedTuple):
     loss: float
     grad: np.ndarray
     """d loss / d values, same shape and dtype as the inputs."""
+
+
+class ValueLossStats(NamedTuple):
+    """Result of :func:`clipped_value_loss_stats`."""
+
+    loss: float
+    grad: np.ndarray
+    """d loss / d values, same shape and dtype as the inputs."""
+    clip_fraction: float
 
 
 def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
@@ -275,13 +286,19 @@ def clipped_surrogate(new_log_prob, old_log_prob, advantages, *, clip_coef):
     return SurrogateResult(loss, grad.reshape(shape), clip_fraction, approx_kl)
 
 
-def _clipped_value_loss(values, old_values, returns, clip_coef):
-    """:func:`clipped_value_loss` plus the clip fraction (for ``ppo_core.torch``)."""
+def clipped_value_loss_stats(values, old_values, returns, *, clip_coef=None):
+    """:func:`clipped_value_loss` plus its clip fraction, from the same kernel call.
+
+    Returns ``ValueLossStats(loss, grad, clip_fraction)``: ``clip_fraction`` is the
+    share of elements whose clipped term is the larger one (where the clip holds the
+    gradient at 0; see :func:`clipped_value_loss`), 0.0 without ``clip_coef``.
+    Same arguments and errors as :func:`clipped_value_loss`.
+    """
     eps = None if clip_coef is None else _v.positive("clip_coef", clip_coef)
     shape, (v, old, ret) = _loss_inputs(
         [("values", values), ("old_values", old_values), ("returns", returns)])
     loss, grad, clip_fraction = _core.clipped_value_loss(v, old, ret, clip_coef=eps)
-    return loss, grad.reshape(shape), clip_fraction
+    return ValueLossStats(loss, grad.reshape(shape), clip_fraction)
 
 
 def clipped_value_loss(values, old_values, returns, *, clip_coef=None):
@@ -323,7 +340,7 @@ def clipped_value_loss(values, old_values, returns, *, clip_coef=None):
     TypeError
         complex, object or string arrays; clip_coef not a real number.
     """
-    loss, grad, _ = _clipped_value_loss(values, old_values, returns, clip_coef)
+    loss, grad, _ = clipped_value_loss_stats(values, old_values, returns, clip_coef=clip_coef)
     return ValueLossResult(loss, grad)
 
 

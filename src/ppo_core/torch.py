@@ -351,9 +351,9 @@ class _ValueLossTwin(torch.autograd.Function):
     @staticmethod
     def forward(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
                 clip_coef: Optional[float]) -> Any:
-        loss, grad, clip_fraction = ppo_core._clipped_value_loss(
+        loss, grad, clip_fraction = ppo_core.clipped_value_loss_stats(
             _as_numpy("values", values), _as_numpy("old_values", old_values),
-            _as_numpy("returns", returns), clip_coef)
+            _as_numpy("returns", returns), clip_coef=clip_coef)
         stats = torch.tensor([clip_fraction], dtype=torch.float64)
         return _loss_tensor(loss, values, grad), _grad_like(grad, values), stats
 
@@ -480,11 +480,11 @@ class ClippedValueLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, values: torch.Tensor, old_values: torch.Tensor,
                 returns: torch.Tensor, clip_coef: Optional[float], stats: Optional[list] = None) -> Any:
-        # ppo_core._clipped_value_loss is the kernel call that also returns the
+        # ppo_core.clipped_value_loss_stats is the kernel call that also returns the
         # clip fraction mean((v_c - R)^2 > (v - R)^2) (0 without clipping).
         old_np, ret_np = _as_numpy("old_values", old_values), _as_numpy("returns", returns)
-        loss, grad, clip_fraction = ppo_core._clipped_value_loss(
-            _as_numpy("values", values), old_np, ret_np, clip_coef)
+        loss, grad, clip_fraction = ppo_core.clipped_value_loss_stats(
+            _as_numpy("values", values), old_np, ret_np, clip_coef=clip_coef)
         grad_t = _grad_like(grad, values)
         ctx.save_for_backward(grad_t)
         # For derivatives beyond the first only (see ClippedSurrogateFunction.forward).

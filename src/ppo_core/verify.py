@@ -351,7 +351,7 @@ def check_clipped_value_loss(values, old, returns, eps) -> None:
         exp = spec.clipped_value_loss(_f64(values), _f64(old), _f64(returns), clip_coef=clip)
         assert isinstance(res, ppo_core.ValueLossResult) and isinstance(res.loss, float)
         # The clip fraction (which ppo_core.torch reports) from the same kernel call.
-        _, _, clip_fraction = ppo_core._clipped_value_loss(values, old, returns, clip)
+        _, _, clip_fraction = ppo_core.clipped_value_loss_stats(values, old, returns, clip_coef=clip)
         dt = documented_dtype(values, old, returns)
         assert res.grad.dtype == dt and res.grad.shape == values.shape, (res.grad.dtype, dt)
         n = values.size
