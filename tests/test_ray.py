@@ -20,12 +20,16 @@ gymnasium = pytest.importorskip("gymnasium")
 
 from gymnasium.wrappers import TimeLimit  # noqa: E402
 
+import toy_envs  # noqa: E402
+from toy_envs import CountdownEnv, SelfKillingEnv, ValueIsObs  # noqa: E402
+
 from ppo_core import train as T  # noqa: E402
 from ppo_core.train.ray_source import RaySource  # noqa: E402
 from ppo_core.train.runlog import read_metrics  # noqa: E402
 
-# Ray's workers cannot import this file: ship its classes and functions by value.
+# Ray's workers cannot import the test files: ship their classes and functions by value.
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+ray.cloudpickle.register_pickle_by_value(toy_envs)
 
 CARTPOLE = Path(__file__).resolve().parents[1] / "configs" / "cartpole.toml"
 
@@ -37,33 +41,8 @@ def local_ray():
     ray.shutdown()
 
 
-class CountdownEnv(gymnasium.Env):
-    """Reward 1 a step; observation: the steps left of a horizon H, scaled to [0, 1]."""
-
-    def __init__(self, horizon=4, terminate=False):
-        self.horizon, self.terminate = horizon, terminate
-        self.observation_space = gymnasium.spaces.Box(0.0, 1.0, (1,), np.float32)
-        self.action_space = gymnasium.spaces.Discrete(2)
-        self.t = 0
-
-    def _obs(self):
-        return np.array([max(self.horizon - self.t, 0) / self.horizon], np.float32)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return self._obs(), {}
-
-    def step(self, action):
-        self.t += 1
-        return self._obs(), 1.0, self.terminate and self.t >= self.horizon, False, {}
 
 
-class ValueIsObs(torch.nn.Module):
-    """Uniform policy whose value is 100 * obs[0]: shows which observation was valued."""
-
-    def forward(self, obs):
-        return torch.distributions.Categorical(logits=torch.zeros(obs.shape[0], 2)), 100.0 * obs[:, 0]
 
 
 def countdown(terminate):
@@ -132,36 +111,6 @@ def test_cartpole_trains_as_well_on_ray_as_locally(tmp_path):
     assert result["mean_return"] >= 400
 
 
-class SelfKillingEnv(gymnasium.Env):
-    """Episodes of 8 steps; at its ``kill_at``-th step the process SIGKILLs itself: once
-    over all actors and restarts when ``marker`` is given (the first to create it), else every time."""
-
-    def __init__(self, kill_at, marker=None):
-        self.kill_at, self.marker = kill_at, marker
-        self.observation_space = gymnasium.spaces.Box(0.0, 1.0, (1,), np.float32)
-        self.action_space = gymnasium.spaces.Discrete(2)
-        self.steps = self.t = 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.zeros(1, np.float32), {}
-
-    def step(self, action):
-        self.steps += 1
-        self.t += 1
-        if self.steps == self.kill_at and self._claim():
-            os.kill(os.getpid(), signal.SIGKILL)
-        return np.array([self.t / 8], np.float32), 1.0, self.t >= 8, False, {}
-
-    def _claim(self):
-        if self.marker is None:
-            return True
-        try:
-            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
-            return True
-        except FileExistsError:
-            return False
 
 
 def test_a_killed_actor_is_restarted_and_its_fragment_collected_again(tmp_path, caplog):

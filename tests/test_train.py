@@ -26,6 +26,7 @@ from ppo_core import train as T  # noqa: E402
 from ppo_core.train import checkpoint as ckpt  # noqa: E402
 from ppo_core.train.policies import env_action  # noqa: E402
 from ppo_core.train.runlog import METRICS_COLUMNS, TIMING_COLUMNS, WALL_CLOCK_COLUMNS, read_metrics  # noqa: E402
+from toy_envs import CountdownEnv, SelfKillingEnv, ValueIsObs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -34,32 +35,6 @@ CONFIGS = REPO / "configs"
 # -- a synthetic environment ------------------------------------------------------
 
 
-class CountdownEnv(gymnasium.Env):
-    """Reward 1 every step; observation = remaining steps of a horizon H, scaled to [0, 1].
-
-    ``terminate=True``: the episode really ends after H steps (terminated).
-    ``terminate=False``: it never terminates; wrap it in ``TimeLimit(H)`` to truncate it.
-    """
-
-    def __init__(self, horizon=10, terminate=False):
-        self.horizon = horizon
-        self.terminate = terminate
-        self.observation_space = gymnasium.spaces.Box(0.0, 1.0, (1,), np.float32)
-        self.action_space = gymnasium.spaces.Discrete(2)
-        self.t = 0
-
-    def _obs(self):
-        return np.array([max(self.horizon - self.t, 0) / self.horizon], np.float32)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return self._obs(), {}
-
-    def step(self, action):
-        self.t += 1
-        terminated = self.terminate and self.t >= self.horizon
-        return self._obs(), 1.0, terminated, False, {}
 
 
 def _small(**kw):
@@ -107,12 +82,6 @@ def test_num_updates_rounds_up_and_is_at_least_one():
 # -- rollouts: the final observation, not the reset one, bootstraps truncations ---------
 
 
-class _ValueIsObs(torch.nn.Module):
-    """Uniform policy whose value is 100 * obs[0], to trace which observation was valued."""
-
-    def forward(self, obs):
-        logits = torch.zeros(obs.shape[0], 2)
-        return torch.distributions.Categorical(logits=logits), 100.0 * obs[:, 0]
 
 
 @pytest.mark.parametrize("terminate", [False, True])
@@ -126,7 +95,7 @@ def test_rollout_bootstraps_truncation_with_final_obs_and_termination_with_nothi
     envs = T.make_vector_env(make, 1, 0)
     from ppo_core.train.normalize import ObsNormalizer, RewardScaler
 
-    collector = T.RolloutCollector(envs, _ValueIsObs(), ObsNormalizer((1,), enabled=False),
+    collector = T.RolloutCollector(envs, ValueIsObs(), ObsNormalizer((1,), enabled=False),
                                    RewardScaler(1, 0.9, enabled=False), seed=0)
     ro = collector.collect(10)
     envs.close()
@@ -296,37 +265,6 @@ def test_sigkill_leaves_a_loadable_checkpoint(tmp_path):
 # -- worker crash recovery ------------------------------------------------------------------
 
 
-class SelfKillingEnv(gymnasium.Env):
-    """Reward 1 per step, episodes of 8 steps; at its ``kill_at``-th step a worker SIGKILLs
-    itself: once over all workers and rebuilds when ``marker`` is given (the first to create
-    the file dies), every time otherwise."""
-
-    def __init__(self, kill_at, marker=None):
-        self.kill_at, self.marker = kill_at, marker
-        self.observation_space = gymnasium.spaces.Box(0.0, 1.0, (1,), np.float32)
-        self.action_space = gymnasium.spaces.Discrete(2)
-        self.steps = self.t = 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self.t = 0
-        return np.zeros(1, np.float32), {}
-
-    def step(self, action):
-        self.steps += 1
-        self.t += 1
-        if self.steps == self.kill_at and self._claim():
-            os.kill(os.getpid(), signal.SIGKILL)
-        return np.array([self.t / 8], np.float32), 1.0, self.t >= 8, False, {}
-
-    def _claim(self):
-        if self.marker is None:
-            return True
-        try:
-            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            return True
-        except FileExistsError:
-            return False
 
 
 def test_killed_worker_is_replaced_and_its_rollout_discarded(tmp_path, caplog):
@@ -648,7 +586,7 @@ def test_pipelined_rollout_keeps_the_bootstrapping_contract(terminate):
         return env if terminate else TimeLimit(env, horizon)
 
     envs = _groups(make, 4)
-    collector = T.RolloutCollector(envs, _ValueIsObs(), ObsNormalizer((1,), enabled=False),
+    collector = T.RolloutCollector(envs, ValueIsObs(), ObsNormalizer((1,), enabled=False),
                                    RewardScaler(4, 0.9, enabled=False), seed=0)
     ro = collector.collect(10)
     again = collector.collect(3)  # the next rollout continues the episodes

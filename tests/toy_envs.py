@@ -1,0 +1,80 @@
+"""Small deterministic environments and a tracing policy shared by the trainer's and the
+Ray backend's tests (importable by worker processes: tests/ is on their path, and the
+Ray tests ship this module by value)."""
+
+import os
+import signal
+
+import gymnasium
+import numpy as np
+import torch
+
+
+class CountdownEnv(gymnasium.Env):
+    """Reward 1 every step; observation = remaining steps of a horizon H, scaled to [0, 1].
+
+    ``terminate=True``: the episode really ends after H steps (terminated).
+    ``terminate=False``: it never terminates; wrap it in ``TimeLimit(H)`` to truncate it.
+    """
+
+    def __init__(self, horizon=10, terminate=False):
+        self.horizon = horizon
+        self.terminate = terminate
+        self.observation_space = gymnasium.spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = gymnasium.spaces.Discrete(2)
+        self.t = 0
+
+    def _obs(self):
+        return np.array([max(self.horizon - self.t, 0) / self.horizon], np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        terminated = self.terminate and self.t >= self.horizon
+        return self._obs(), 1.0, terminated, False, {}
+
+
+class ValueIsObs(torch.nn.Module):
+    """Uniform policy whose value is 100 * obs[0], to trace which observation was valued."""
+
+    def forward(self, obs):
+        logits = torch.zeros(obs.shape[0], 2)
+        return torch.distributions.Categorical(logits=logits), 100.0 * obs[:, 0]
+
+
+class SelfKillingEnv(gymnasium.Env):
+    """Reward 1 per step, episodes of 8 steps; at its ``kill_at``-th step a worker SIGKILLs
+    itself: once over all workers and rebuilds when ``marker`` is given (the first to create
+    the file dies), every time otherwise."""
+
+    def __init__(self, kill_at, marker=None):
+        self.kill_at, self.marker = kill_at, marker
+        self.observation_space = gymnasium.spaces.Box(0.0, 1.0, (1,), np.float32)
+        self.action_space = gymnasium.spaces.Discrete(2)
+        self.steps = self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.steps += 1
+        self.t += 1
+        if self.steps == self.kill_at and self._claim():
+            os.kill(os.getpid(), signal.SIGKILL)
+        return np.array([self.t / 8], np.float32), 1.0, self.t >= 8, False, {}
+
+    def _claim(self):
+        if self.marker is None:
+            return True
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            return False
+
