@@ -5,9 +5,11 @@ limited to 2 CPUs; skipped only where the ``ray`` extra is not installed."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -199,3 +201,30 @@ def test_metadrive_smoke_run_with_two_actors(tmp_path):
     assert [int(r["step"]) for r in rows] == [40, 80]
     # episodes of at most 30 steps ended in the second update, with MetaDrive's outcomes
     assert rows[1]["train_route_completion"] not in ("", "nan")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None or shutil.which("ip") is None,
+                    reason="needs util-linux unshare and iproute2 ip")
+def test_metadrive_with_two_actors_trains_without_any_network(tmp_path):
+    """The same smoke run in a fresh process inside a network namespace that has only
+    loopback (which Ray needs between its own processes): no route to anywhere else."""
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a network namespace here (needs root / user namespaces)")
+    pytest.importorskip("metadrive")
+    script = textwrap.dedent(
+        f"""
+        from ppo_core import train as T
+        from ppo_core.train.runlog import read_metrics
+        cfg = T.preset().replace(num_envs=2, num_steps=20, total_steps=40, num_minibatches=2, update_epochs=1,
+                                 hidden_sizes=[16], eval_every_steps=0, backend="ray", num_workers=2,
+                                 env_kwargs={{"num_scenarios": 2, "start_seed": 0, "horizon": 30}})
+        T.train(cfg, {str(tmp_path / "run")!r})
+        assert [int(r["step"]) for r in read_metrics({str(tmp_path / "run" / "metrics.csv")!r})] == [40]
+        print("OFFLINE-RAY-OK")
+        """
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.run(["unshare", "-n", "sh", "-c", f'ip link set lo up && exec "{sys.executable}" -c "$0"',
+                           script], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and "OFFLINE-RAY-OK" in proc.stdout, (proc.stdout + proc.stderr)[-3000:]
