@@ -192,12 +192,12 @@ class RaySource:
         self._net_sent = False
         self._started_ray = False
         self.actors: List[Any] = []
-        if not ray.is_initialized():
-            if config.ray_address:
+        if not ray.is_initialized():  # else: the caller's Ray session, left as it is at close()
+            if config.ray_address:  # join: close() disconnects this driver, the cluster keeps running
                 ray.init(address=config.ray_address, log_to_driver=False)
-            else:
+            else:  # start: close() shuts the local instance down
                 ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
-                self._started_ray = True
+            self._started_ray = True
         try:
             cpus = config.ray_worker_cpus
             if not config.ray_address:  # local: K actors always fit the machine
