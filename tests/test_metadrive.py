@@ -23,6 +23,7 @@ gym = pytest.importorskip("gymnasium")
 
 from ppo_core.envs import metadrive_available  # noqa: E402
 from ppo_core.envs import metadrive as md  # noqa: E402
+from ppo_core.envs.metadrive import family as md_family  # noqa: E402
 
 SMALL = md.MetaDriveConfig(num_scenarios=10, start_seed=0, horizon=50)
 TURN_FULL_THROTTLE = np.array([1.0, 1.0], dtype=np.float32)  # hard left, full throttle
@@ -401,7 +402,7 @@ def test_eval_gif_path_is_checked_before_any_episode_runs(tmp_path, tiny_run, ca
     def must_not_run(*args, **kwargs):
         raise AssertionError("episodes ran before the --gif path was checked")
 
-    monkeypatch.setattr(md, "evaluate_policy", must_not_run)
+    monkeypatch.setattr(md_family, "evaluate_policy", must_not_run)  # what `ppo-core eval` runs
     code = cli.main(["eval", str(run), "--episodes", "2", "--gif", str(afile / "sub" / "x.gif")])
     err = capsys.readouterr().err
     assert code == 1 and "is a file, not a folder" in err and len(err.strip().splitlines()) == 1
@@ -416,7 +417,7 @@ def test_eval_gives_up_in_one_line_after_repeated_worker_failures(tiny_run, caps
         raise md.EvalWorkerError("MetaDrive evaluation gave up: workers failed 4 times in one evaluation "
                                  "(last: worker 0 died (exit code -9))")
 
-    monkeypatch.setattr(md, "evaluate_policy", dying)
+    monkeypatch.setattr(md_family, "evaluate_policy", dying)
     code = cli.main(["eval", str(run), "--episodes", "2"])
     err = capsys.readouterr().err
     assert code == 1 and "gave up" in err and len(err.strip().splitlines()) == 1

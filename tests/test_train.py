@@ -1038,6 +1038,60 @@ def test_a_trainer_learns_from_any_rollout_source(tmp_path):
     assert policy.step == 192
 
 
+def test_a_loss_of_your_own_replaces_the_whole_objective(tmp_path):
+    from ppo_core.train.update import LossOutput, PPOLoss
+
+    seen = []
+
+    class ValueOnly:
+        """No policy term: the policy must stay as built, the critic must learn."""
+
+        def __call__(self, mb, config):
+            seen.append((mb.obs.shape[0], mb.advantages.shape, config.vf_coef))
+            loss = ((mb.new_values - mb.returns) ** 2).mean()
+            return LossOutput(loss, 0.0, {"value_only_loss": float(loss.detach())})
+
+    cfg = _small(total_steps=128)
+    rows = []
+    trainer = T.Trainer(cfg, tmp_path / "run", loss=ValueOnly(), callbacks=[lambda t, row: rows.append(row)])
+    actor_before = {k: v.clone() for k, v in trainer.policy.state_dict().items() if "actor" in k or "pi" in k}
+    trainer.train()
+    assert len(seen) == 2 * cfg.update_epochs * cfg.num_minibatches
+    assert seen[0][0] == cfg.batch_size // cfg.num_minibatches
+    assert len(rows) == 2 and rows[-1]["value_only_loss"] >= 0 and "policy_loss" not in rows[-1]
+    after = trainer.policy.state_dict()
+    assert actor_before and all(torch.equal(v, after[k]) for k, v in actor_before.items())
+    with pytest.raises(TypeError, match="either loss"):
+        T.Trainer(cfg, tmp_path / "run2", loss=ValueOnly(), policy_loss=T.clipped_surrogate)
+    # the default objective is this interface too, around the policy loss of the config
+    assert isinstance(T.Trainer(cfg, tmp_path / "run3").loss, PPOLoss)
+
+
+def test_an_env_family_registered_outside_the_package_trains_and_evaluates(tmp_path, monkeypatch, capsys):
+    from ppo_core.envs import registry
+    from toy_envs import COUNTDOWN_ENTRY
+
+    monkeypatch.setitem(registry.FAMILIES, "countdown", COUNTDOWN_ENTRY)
+    monkeypatch.setattr(registry, "_loaded", {})
+    cfg = T.preset("countdown-v0")
+    assert (cfg.env_id, cfg.num_steps, cfg.env_kwargs) == ("countdown-v0", 16, {"countdown_horizon": 6})
+    with pytest.raises(T.ConfigError, match="'countdown_horizon' must be an integer >= 1"):
+        cfg.replace(env_kwargs={"countdown_horizon": 0})
+    run = tmp_path / "run"
+    assert cli.main(["train", "--env", "countdown", "--countdown-horizon", "4", "--out", str(run), "--quiet"]) == 0
+    assert T.load_config(run / "config.toml").env_kwargs == {"countdown_horizon": 4}
+    rows = read_metrics(run / "metrics.csv")
+    assert int(rows[-1]["step"]) == 64 and "train_success_rate" in rows[-1]
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--episodes", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["episodes"] == 3 and 0.0 <= result["success_rate"] <= 1.0
+    # its options belong to it: given for another env, one line
+    code = cli.main(["train", "--env", "CartPole-v1", "--countdown-horizon", "4", "--out", str(tmp_path / "x"),
+                     "--quiet"])
+    assert code == 2 and "--countdown-horizon only applies to Countdown (--env countdown)" in capsys.readouterr().err
+
+
 def test_old_checkpoints_with_top_level_statistics_still_resume(tmp_path):
     run = tmp_path / "run"
     T.train(_small(total_steps=64), run)

@@ -78,3 +78,56 @@ class SelfKillingEnv(gymnasium.Env):
         except FileExistsError:
             return False
 
+
+
+# -- an env family of the tests' own: what adding one to ppo_core.envs.registry takes --
+
+from gymnasium.vector import AutoresetMode, SyncVectorEnv  # noqa: E402
+
+from ppo_core.envs.registry import EnvFamily, FamilyEntry, Option  # noqa: E402
+
+
+class _CountdownEpisodes(gymnasium.Wrapper):
+    """CountdownEnv whose action 1 ends the episode early (a failure): an outcome to report."""
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if int(action) == 1 and not terminated:
+            return obs, reward, True, truncated, {**info, "gave_up": True}
+        return obs, reward, terminated, truncated, {**info, "gave_up": False}
+
+
+class CountdownFamily(EnvFamily):
+    """Env ids ``countdown...``: CountdownEnv episodes of ``countdown_horizon`` steps;
+    success = reaching the end without giving up."""
+
+    def preset(self, env_id):
+        return {"env_id": env_id, "num_envs": 2, "num_steps": 16, "num_minibatches": 2, "update_epochs": 2,
+                "total_steps": 64, "checkpoint_every": 1, "env_kwargs": {"countdown_horizon": 6}}
+
+    def check_config(self, env_kwargs, num_envs):
+        h = env_kwargs.get("countdown_horizon", 6)
+        if not isinstance(h, int) or isinstance(h, bool) or h < 1:
+            raise ValueError(f"env_kwargs key 'countdown_horizon' must be an integer >= 1, got {h!r}")
+        unknown = sorted(set(env_kwargs) - {"countdown_horizon"})
+        if unknown:
+            raise ValueError(f"env_kwargs: unknown countdown option {unknown[0]!r}")
+
+    def make_vector_env(self, env_id, num_envs, seed, asynchronous, env_kwargs):
+        h = env_kwargs.get("countdown_horizon", 6)
+        return SyncVectorEnv([lambda: _CountdownEpisodes(CountdownEnv(h, terminate=True))] * num_envs,
+                             autoreset_mode=AutoresetMode.SAME_STEP)
+
+    def episode_metrics(self, final_info, ep_return, ep_len):
+        return {"success": not bool(final_info.get("gave_up", False)), "return": ep_return}
+
+    def summarize_episodes(self, episodes):
+        return {"success_rate": float(np.mean([e["success"] for e in episodes]))}
+
+
+FAMILY = CountdownFamily()
+
+COUNTDOWN_ENTRY = FamilyEntry(
+    name="countdown", module="toy_envs", title="Countdown",
+    options=(Option("countdown_horizon", "positive_int", "H", {"*": "countdown episode length"}),),
+)

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from ppo_core.envs.registry import family_name, get_family
+
 __all__ = ["Entry", "Curves", "resolve_entries", "base_config", "run_entries", "load_curves", "summarize",
            "plot_compare", "plot_lrsweep", "default_threshold", "SUMMARY_COLUMNS", "RUNS_COLUMNS",
            "LRSWEEP_COLUMNS", "per_run_rows", "write_csv", "format_table", "save_figure",
@@ -109,8 +111,8 @@ class Curves:
 
 def default_threshold(env_id: str) -> Optional[float]:
     """The return that counts as solved: gymnasium's ``reward_threshold`` of ``env_id``
-    (CartPole-v1: 475), None when the env has none (MetaDrive, Pendulum)."""
-    if env_id.lower().startswith("metadrive"):
+    (CartPole-v1: 475), None when the env has none (an env family such as MetaDrive, Pendulum)."""
+    if family_name(env_id) is not None:
         return None
     import gymnasium
 
@@ -118,6 +120,12 @@ def default_threshold(env_id: str) -> Optional[float]:
         return gymnasium.spec(env_id).reward_threshold
     except gymnasium.error.Error:
         return None
+
+
+def reports_success(env_id: str) -> bool:
+    """Its env family reports a success rate (MetaDrive): the comparison's second panel and threshold."""
+    family = get_family(env_id)
+    return family is not None and family.reports_success
 
 
 def base_config(env: Optional[str], config_file: Optional[str], overrides: Dict[str, Any],
@@ -130,13 +138,7 @@ def base_config(env: Optional[str], config_file: Optional[str], overrides: Dict[
     """
     from ppo_core import train as T
 
-    file_data = T.read_config_file(config_file) if config_file else {}
-    env_id = env or file_data.get("env_id")
-    if not env_id or not isinstance(env_id, str):
-        raise T.ConfigError("no environment: pass --env (e.g. --env CartPole-v1) or set env_id in --config")
-    defaults = T.preset(env_id)
-    config = T.load_config(config_file, defaults=defaults) if config_file else defaults
-    return _with_flags(config.replace(env_id=env_id), overrides, env_kwargs)
+    return T.resolve_config(env, config_file, None, overrides, env_kwargs)
 
 
 def _with_flags(config: Any, overrides: Dict[str, Any], env_kwargs: Optional[Dict[str, Any]]) -> Any:

@@ -68,6 +68,29 @@ QUICK = Settings(repeats=5, min_time=0.02, cell_budget=3.0, loss_dtypes=("float3
                  compile_dtypes=("float32",))
 
 
+def _warm_up(fn: Callable[[], Any], repeats: int, budget: float) -> Tuple[int, float]:
+    """Call ``fn`` once (excluded from the timing); return the samples to take within
+    ``budget`` seconds (at least one) and the warm-up's seconds."""
+    t0 = time.perf_counter()
+    fn()
+    warmup = time.perf_counter() - t0
+    if warmup * repeats > budget:
+        repeats = max(1, int(budget / max(warmup, 1e-9)))
+    return repeats, warmup
+
+
+def _sample(fn: Callable[[], Any], min_time: float) -> float:
+    """Seconds per call of ``fn``, over as many calls as take ``min_time`` (at most 100 000)."""
+    calls = 0
+    t0 = time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= min_time or calls >= 100_000:
+            return elapsed / calls
+
+
 def measure(fn: Callable[[], Any], repeats: int, min_time: float,
             budget: float = float("inf")) -> Tuple[float, int, float]:
     """Median seconds per call of ``fn`` over ``repeats`` samples, warm-up excluded.
@@ -76,23 +99,8 @@ def measure(fn: Callable[[], Any], repeats: int, min_time: float,
     ``repeats`` samples would exceed ``budget`` seconds, fewer samples are taken (at least
     one).
     """
-    t0 = time.perf_counter()
-    fn()
-    warmup = time.perf_counter() - t0
-    if warmup * repeats > budget:
-        repeats = max(1, int(budget / max(warmup, 1e-9)))
-    samples = []
-    for _ in range(repeats):
-        calls = 0
-        t0 = time.perf_counter()
-        while True:
-            fn()
-            calls += 1
-            elapsed = time.perf_counter() - t0
-            if elapsed >= min_time or calls >= 100_000:
-                break
-        samples.append(elapsed / calls)
-    return statistics.median(samples), repeats, warmup
+    repeats, warmup = _warm_up(fn, repeats, budget)
+    return statistics.median(_sample(fn, min_time) for _ in range(repeats)), repeats, warmup
 
 
 def measure_all(fns: Dict[str, Callable[[], Any]], repeats: int, min_time: float,
@@ -100,26 +108,12 @@ def measure_all(fns: Dict[str, Callable[[], Any]], repeats: int, min_time: float
     """:func:`measure` for several functions, their samples taken in turns (one sample of
     each, then the next round), so that a change in the machine's load while a cell is
     measured affects every implementation alike. Returns ``{name: (median, samples)}``."""
-    wanted: Dict[str, int] = {}
-    for name, fn in fns.items():
-        t0 = time.perf_counter()
-        fn()  # warm-up, excluded
-        warmup = time.perf_counter() - t0
-        wanted[name] = repeats if warmup * repeats <= budget else max(1, int(budget / max(warmup, 1e-9)))
+    wanted = {name: _warm_up(fn, repeats, budget)[0] for name, fn in fns.items()}
     samples: Dict[str, List[float]] = {name: [] for name in fns}
     for round_ in range(max(wanted.values(), default=0)):
         for name, fn in fns.items():
-            if round_ >= wanted[name]:
-                continue
-            calls = 0
-            t0 = time.perf_counter()
-            while True:
-                fn()
-                calls += 1
-                elapsed = time.perf_counter() - t0
-                if elapsed >= min_time or calls >= 100_000:
-                    break
-            samples[name].append(elapsed / calls)
+            if round_ < wanted[name]:
+                samples[name].append(_sample(fn, min_time))
     return {name: (statistics.median(v), len(v)) for name, v in samples.items()}
 
 

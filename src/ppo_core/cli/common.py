@@ -1,7 +1,7 @@
-"""What the ``ppo-core`` commands share: the one-line error, argparse types, the
-MetaDrive flags, extra checks, the progress display and output-path checks.
+"""What the ``ppo-core`` commands share: the one-line error, argparse types, the env
+families' options, extra checks, the progress display and output-path checks.
 
-Standard library only at import time.
+Standard library (and the import-light env registry) only at import time.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, NoReturn
+from typing import Any, Dict, List, NoReturn, Optional
+
+from ppo_core.envs.registry import FAMILIES, family_entry
 
 _TRAIN_MODULES = {"torch": "torch", "gymnasium": "gymnasium", "matplotlib": "matplotlib", "tomli_w": "tomli-w"}
 
@@ -61,21 +63,47 @@ def _unit_float(text: str) -> float:
     return value
 
 
-def _is_metadrive(env_id: str) -> bool:
-    return env_id.lower().startswith("metadrive")  # as ppo_core.train.envs.env_family
+_KINDS = {"positive_int": _positive_int, "non_negative_int": _non_negative_int, "unit_float": _unit_float,
+          "path": str}
 
 
-def _add_metadrive_options(p: argparse.ArgumentParser, *, scenario_help: str, start_help: str) -> None:
-    g = p.add_argument_group("MetaDrive options (override the config's / run's env_kwargs)")
-    g.add_argument("--num-scenarios", type=_positive_int, metavar="K", help=scenario_help)
-    g.add_argument("--start-seed", type=_non_negative_int, metavar="S", help=start_help)
-    g.add_argument("--traffic-density", type=_unit_float, metavar="D", help="traffic density in [0, 1]")
-    g.add_argument("--horizon", type=_positive_int, metavar="H", help="episode step limit (a truncation)")
+def _add_family_options(p: argparse.ArgumentParser, command: str) -> None:
+    """Each registered env family's options of ``command``, in a group of their own."""
+    for entry in FAMILIES.values():
+        options = [o for o in entry.options if o.offered_by(command)]
+        if not options:
+            continue
+        g = p.add_argument_group(f"{entry.title} options (override the config's / run's env_kwargs)")
+        for o in options:
+            g.add_argument(_flag(o.dest), dest=o.dest, type=_KINDS[o.kind], metavar=o.metavar,
+                           help=o.help_for(command))
 
 
-def _metadrive_flags(args: argparse.Namespace, names: tuple = ("num_scenarios", "start_seed",
-                                                                "traffic_density", "horizon")) -> Dict[str, Any]:
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+def _family_flags(args: argparse.Namespace, *, env_kwargs: Optional[bool] = True) -> Dict[str, Any]:
+    """The env-family options given on the command line: ``{dest: value}``.
+
+    ``env_kwargs=True``: those that override ``env_kwargs``; ``False``: the others
+    (evaluation-only); ``None``: all.
+    """
+    return {o.dest: getattr(args, o.dest) for entry in FAMILIES.values() for o in entry.options
+            if (env_kwargs is None or o.env_kwarg == env_kwargs) and getattr(args, o.dest, None) is not None}
+
+
+def _check_family_flags(flags: Dict[str, Any], env_id: str) -> None:
+    """Refuse family options given for an env outside that family, in one line."""
+    own = family_entry(env_id)
+    for entry in FAMILIES.values():
+        foreign = [d for d in flags if entry is not own and any(o.dest == d for o in entry.options)]
+        if foreign:
+            raise CLIError(f"{', '.join(map(_flag, foreign))} only applies to {entry.title} "
+                           f"(--env {entry.name}), not {env_id!r}")
+
+
+def _require_family(env_id: str, command: str) -> None:
+    """The family of ``env_id`` needs packages beyond the 'train' extra: say which extra brings them."""
+    entry = family_entry(env_id)
+    if entry is not None and entry.requires:
+        _require(dict(entry.requires), entry.extra, f"{command} --env {entry.name}")
 
 
 def _flag(name: str) -> str:

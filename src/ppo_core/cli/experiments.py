@@ -11,15 +11,17 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ppo_core.compare import (DEFAULT_SUCCESS_THRESHOLD, LRSWEEP_COLUMNS, RUNS_COLUMNS, SUMMARY_COLUMNS, Curves,
+from ppo_core.compare import (DEFAULT_SUCCESS_THRESHOLD, reports_success, LRSWEEP_COLUMNS, RUNS_COLUMNS, SUMMARY_COLUMNS, Curves,
                               Entry, base_config, default_threshold, format_table, per_run_rows, plot_compare,
                               plot_lrsweep, resolve_entries, run_entries, lrsweep_summary, shown_columns, summarize,
                               write_csv)
 from ppo_core.gradvar import (DEFAULT_LAMS, GRADVAR_COLUMNS, load_snapshot, measure, plot_gradvar,
                               train_snapshot)
 
-from .common import (CLIError, _add_metadrive_options, _flag, _is_metadrive, _metadrive_flags, _non_negative_int,
-                     _positive_float, _positive_int, _Progress, _require, _unit_float)
+from ppo_core.envs.registry import family_entry
+
+from .common import (CLIError, _add_family_options, _check_family_flags, _family_flags, _non_negative_int,
+                     _positive_float, _positive_int, _Progress, _require_family, _unit_float)
 
 __all__ = ["add_parsers"]
 
@@ -37,14 +39,11 @@ def _prepare(args: argparse.Namespace) -> Tuple[Any, List[Entry], List[int], Pat
         overrides["num_envs"] = args.num_envs
     if args.eval_every_steps is not None:
         overrides["eval_every_steps"] = args.eval_every_steps
-    md = _metadrive_flags(args)
-    base = base_config(args.env, args.config, overrides, md)
-    if md and not _is_metadrive(base.env_id):
-        raise CLIError(f"{', '.join(map(_flag, md))} only applies to MetaDrive (--env metadrive), "
-                       f"not {base.env_id!r}")
-    if _is_metadrive(base.env_id):
-        _require({"metadrive": "metadrive-simulator"}, "metadrive", f"{args.command} --env metadrive")
-    entries = resolve_entries(args.algos, base, overrides, md)
+    env_flags = _family_flags(args)
+    base = base_config(args.env, args.config, overrides, env_flags)
+    _check_family_flags(env_flags, base.env_id)
+    _require_family(base.env_id, args.command)
+    entries = resolve_entries(args.algos, base, overrides, env_flags)
     seeds = list(range(args.seed, args.seed + args.seeds))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -55,7 +54,8 @@ def _prepare(args: argparse.Namespace) -> Tuple[Any, List[Entry], List[int], Pat
 
 def _thresholds(args: argparse.Namespace, env_id: str) -> Tuple[Optional[float], Optional[float]]:
     threshold = args.threshold if args.threshold is not None else default_threshold(env_id)
-    if not _is_metadrive(env_id):
+    entry = family_entry(env_id)
+    if entry is None or not reports_success(env_id):
         return threshold, None
     success = args.success_threshold if args.success_threshold is not None else DEFAULT_SUCCESS_THRESHOLD
     return threshold, success
@@ -128,8 +128,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="held-out evaluation every N steps and at the end (0 = off; default: the config's, "
                         "MetaDrive 200000); on MetaDrive its success rate is the second panel")
     p.add_argument("--quiet", action="store_true", help="no per-update progress")
-    _add_metadrive_options(p, scenario_help="number of training scenarios (default 100)",
-                           start_help="first training scenario (default 0)")
+    _add_family_options(p, "compare")
 
 
 

@@ -15,9 +15,11 @@ import time
 from typing import Any, Dict, List, Optional
 
 from . import experiments
-from .common import (_TRAIN_MODULES, CLIError, _add_metadrive_options, _check_creatable, _check_writable, _flag,
-                     _is_metadrive, _metadrive_flags, _non_negative_int, _Parser, _positive_int, _Progress, _require,
-                     _setup_logging, _write_jsonl)
+from ppo_core.envs.registry import DEFAULT_ENV, family_entry
+
+from .common import (_TRAIN_MODULES, CLIError, _add_family_options, _check_creatable, _check_family_flags,
+                     _check_writable, _family_flags, _flag, _non_negative_int, _Parser, _positive_int, _Progress,
+                     _require, _require_family, _setup_logging, _write_jsonl)
 
 __all__ = ["build_parser", "main"]
 
@@ -54,8 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run from its latest checkpoint (only --total-steps may be given with it)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
-    _add_metadrive_options(t, scenario_help="number of training scenarios (default 100)",
-                           start_help="first training scenario (default 0)")
+    _add_family_options(t, "train")
 
     e = sub.add_parser("eval", help="evaluate a trained run (needs the 'train' extra)",
                        description="Run the latest checkpoint's policy and report the episode returns "
@@ -73,16 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Box actions: the clipped mean, or the mean of the clipped Gaussian E[clip(a)] "
                         "(default: the run's deterministic_action)")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    _add_metadrive_options(e, scenario_help="size of the evaluation range (default: N, each scenario once)",
-                           start_help="first evaluation scenario (default 10000, unseen in training)")
-    e.add_argument("--gif", metavar="PATH", help="MetaDrive: also write a top-down GIF of scenario S")
-    e.add_argument("--workers", type=_positive_int, metavar="W",
-                   help="MetaDrive: evaluation worker processes (default: one per core)")
     e.add_argument("--torch-threads", type=_positive_int, metavar="T",
                    help="torch's intra-op threads (default: the run's torch_threads, as in training)")
-    e.add_argument("--episodes-out", metavar="FILE",
-                   help="MetaDrive: write one JSON line per episode (scenario, success, crash, out_of_road, "
-                        "route_completion, return, length) to FILE")
+    _add_family_options(e, "eval")
 
     v = sub.add_parser("verify", help="check the installed kernels against the NumPy spec",
                        description="Run ppo_core.verify (Hypothesis) against the installed build.")
@@ -123,7 +117,7 @@ def _train(args: argparse.Namespace) -> int:
                                              ("--num-workers", args.num_workers),
                                              ("--envs-per-worker", args.envs_per_worker),
                                              ("--out", args.out),
-                                             *((_flag(k), v) for k, v in _metadrive_flags(args).items()))
+                                             *((_flag(k), v) for k, v in _family_flags(args).items()))
                    if value is not None]
         if clashing:
             raise CLIError(f"--resume uses the run's saved config; {', '.join(clashing)} cannot be combined with it")
@@ -136,37 +130,16 @@ def _train(args: argparse.Namespace) -> int:
             return 0
         run_dir = args.resume
     else:
-        file_data = T.read_config_file(args.config) if args.config else {}
-        env_id = args.env or file_data.get("env_id") or "metadrive"
-        if not isinstance(env_id, str):
-            raise CLIError(f"config key 'env_id': expected str, got {env_id!r}")
-        defaults = T.preset(env_id)  # MetaDrive: the built-in preset; others: PPOConfig defaults
-        config = T.load_config(args.config, defaults=defaults) if args.config else defaults
-        if args.algo is not None:
-            config = T.apply_algo(config, args.algo)
         overrides: Dict[str, Any] = {}
-        if args.env is not None:
-            overrides["env_id"] = args.env
-        if args.total_steps is not None:
-            overrides["total_steps"] = args.total_steps
-        if args.num_envs is not None:
-            overrides["num_envs"] = args.num_envs
-        if args.seed is not None:
-            overrides["seed"] = args.seed
-        if args.async_envs:
-            overrides["async_envs"] = True
-        for key in ("backend", "ray_address", "num_workers", "envs_per_worker"):
+        for key in ("total_steps", "num_envs", "seed", "backend", "ray_address", "num_workers", "envs_per_worker"):
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
-        md_flags = _metadrive_flags(args)
-        if md_flags and not _is_metadrive(env_id):
-            raise CLIError(f"{', '.join(map(_flag, md_flags))} only applies to MetaDrive (--env metadrive), "
-                           f"not {env_id!r}")
-        if md_flags:
-            overrides["env_kwargs"] = {**config.env_kwargs, **md_flags}
-        config = config.replace(**overrides)
-        if _is_metadrive(config.env_id):
-            _require({"metadrive": "metadrive-simulator"}, "metadrive", "train --env metadrive")
+        if args.async_envs:
+            overrides["async_envs"] = True
+        env_flags = _family_flags(args)
+        _check_family_flags(env_flags, T.config_env_id(args.env, args.config, DEFAULT_ENV))
+        config = T.resolve_config(args.env, args.config, args.algo, overrides, env_flags, default_env=DEFAULT_ENV)
+        _require_family(config.env_id, "train")
         run_dir = args.out or _default_out(config.env_id, config.seed)
         trainer = T.Trainer(config, run_dir)  # refuses a folder that holds a run or other files
 
@@ -214,14 +187,16 @@ def _eval(args: argparse.Namespace) -> int:
         raise CLIError(f"{args.run_dir} names its env {env_id!r}, which imports the module "
                        f"{env_id.partition(':')[0]!r}; a checkpoint never chooses code to run: "
                        f"pass --env {env_id} to allow it", code=1)
-    md_only = {**_metadrive_flags(args), **{k: v for k, v in (("gif", args.gif), ("workers", args.workers),
-                                                              ("episodes_out", args.episodes_out))
-                                            if v is not None}}
-    if _is_metadrive(env_id):
-        return _eval_metadrive(args, policy, env_id)
-    if md_only:
-        raise CLIError(f"{', '.join(map(_flag, md_only))} only applies to MetaDrive (--env metadrive), "
-                       f"not {env_id!r}")
+    _check_family_flags(_family_flags(args, env_kwargs=None), env_id)
+    if family_entry(env_id) is not None:
+        return _eval_family(args, policy, env_id)
+    return _eval_gymnasium(args, policy, env_id)
+
+
+def _eval_gymnasium(args: argparse.Namespace, policy: Any, env_id: str) -> int:
+    """``ppo-core eval`` on gymnasium episodes (:func:`ppo_core.train.evaluate`)."""
+    from ppo_core import train as T
+
     try:
         result = T.evaluate(policy, env_id, episodes=args.episodes, seed=args.seed,
                             deterministic=not args.stochastic,
@@ -249,28 +224,24 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
-    _require({"metadrive": "metadrive-simulator"}, "metadrive", "eval --env metadrive")
-    if not _is_metadrive(policy.config.env_id):
-        raise CLIError(f"{args.run_dir} was trained on {policy.config.env_id or 'a custom env'!r}, "
-                       f"not MetaDrive; its policy cannot drive", code=1)
-    from ppo_core.envs import metadrive as md
+def _eval_family(args: argparse.Namespace, policy: Any, env_id: str) -> int:
+    """``ppo-core eval`` of an env family with an evaluator of its own (MetaDrive's workers)."""
+    from ppo_core.envs.registry import get_family
 
+    entry = family_entry(env_id)
+    _require_family(env_id, "eval")
+    if family_entry(policy.config.env_id) is not entry:
+        raise CLIError(f"{args.run_dir} was trained on {policy.config.env_id or 'a custom env'!r}, "
+                       f"not {entry.title}; its policy cannot drive", code=1)
+    family = get_family(env_id)
     _setup_logging()
-    # Options not given follow the run's env_kwargs, except the scenario range, which
-    # defaults to unseen scenarios: S = 10000, K = N (each scenario once).
-    # Training-only options (traffic_density_range, scenario_shards) are dropped: evaluation runs at
-    # a fixed density, the run's traffic_density unless --traffic-density says otherwise.
-    kwargs = {k: v for k, v in policy.config.env_kwargs.items()
-              if k not in ("start_seed", "num_scenarios", "traffic_density_range", "scenario_shards")}
-    kwargs.update(_metadrive_flags(args, ("traffic_density", "horizon")))
     n = args.episodes
-    start = md.EVAL_START_SEED if args.start_seed is None else args.start_seed
-    k = n if args.num_scenarios is None else args.num_scenarios
     try:
-        base = md.MetaDriveConfig.from_dict({**kwargs, "start_seed": start, "num_scenarios": k})
+        setup = family.eval_setup(policy.config.env_kwargs, n, _family_flags(args, env_kwargs=None))
     except (TypeError, ValueError) as e:
-        raise CLIError(f"MetaDrive options of {args.run_dir}: {e}", code=1) from None
+        raise CLIError(f"{entry.title} options of {args.run_dir}: {e}", code=1) from None
+    if setup is None:  # a family without an evaluator of its own
+        return _eval_gymnasium(args, policy, env_id)
     deterministic = not args.stochastic
     # Row by row, and sampled per episode: the same episodes with any --workers.
     act = policy.episode_actor(deterministic=deterministic, seed=args.seed)
@@ -282,48 +253,44 @@ def _eval_metadrive(args: argparse.Namespace, policy: Any, env_id: str) -> int:
         _check_creatable(args.gif, "--gif")
     t0 = time.monotonic()
     try:
-        result: Dict[str, Any] = md.evaluate_policy(act, base, episodes=n, start_seed=start, num_scenarios=k,
-                                                    num_workers=args.workers, return_episodes=True, keyed=True)
-    except md.EvalWorkerError as e:
+        result, per_episode = family.evaluate(act, setup, n, args.workers)
+    except family.eval_error as e:
         raise CLIError(str(e), code=1) from None
-    per_episode = result.pop("per_episode")
     if args.episodes_out:
-        _write_jsonl(args.episodes_out, [{key: e[key] for key in md.EPISODE_KEYS} for e in per_episode])
+        _write_jsonl(args.episodes_out, [{key: e[key] for key in family.episode_keys} for e in per_episode])
     result.update(env_id=env_id, step=policy.step, deterministic=deterministic,
-                  deterministic_action=policy.deterministic_action if deterministic else None, start_seed=start,
-                  num_scenarios=k, traffic_density=base.traffic_density, horizon=base.horizon,
+                  deterministic_action=policy.deterministic_action if deterministic else None, **setup.describe(),
                   seconds=round(time.monotonic() - t0, 2))
     if args.gif:
         try:
-            gif = md.write_topdown_gif(act, base, seed=start, path=args.gif, keyed=True)
-        except (md.EvalWorkerError, OSError) as e:  # the evaluation above is kept: print it, then fail
-            _print_metadrive_result(args, result, env_id, start, k, deterministic)
+            gif = family.write_gif(act, setup, args.gif)
+        except (family.eval_error, OSError) as e:  # the evaluation above is kept: print it, then fail
+            _print_family_result(args, result, family)
             raise CLIError(f"--gif {args.gif}: {getattr(e, 'strerror', None) or e}", code=1) from None
         result["gif"] = {"path": gif["path"], "scenario": gif["scenario"], "frames": gif["frames"],
                          "success": gif["success"], "length": gif["length"]}
-    _print_metadrive_result(args, result, env_id, start, k, deterministic)
+    _print_family_result(args, result, family)
     return 0
 
 
-def _print_metadrive_result(args: argparse.Namespace, result: Dict[str, Any], env_id: str, start: int, k: int,
-                            deterministic: bool) -> None:
-    from ppo_core.envs import metadrive as md
-
+def _print_family_result(args: argparse.Namespace, result: Dict[str, Any], family: Any) -> None:
     if args.json:
         print(json.dumps(result))
-    else:
-        print(f"{env_id} at step {result['step']}: {result['episodes']} episodes on scenarios "
-              f"{start}..{start + k - 1} ({'deterministic' if deterministic else 'stochastic'} policy, "
-              f"{result['seconds']:.0f} s)")
-        for rate in md.RATE_FLAGS:
-            low, high = result[f"{rate}_ci"]
-            print(f"  {rate.replace('_rate', '').replace('_', ' '):12} {result[rate]:.3f}  "
-                  f"(95% interval {low:.3f}-{high:.3f})")
+        return
+    start, k = result["start_seed"], result["num_scenarios"]
+    print(f"{result['env_id']} at step {result['step']}: {result['episodes']} episodes on scenarios "
+          f"{start}..{start + k - 1} ({'deterministic' if result['deterministic'] else 'stochastic'} policy, "
+          f"{result['seconds']:.0f} s)")
+    for rate in family.rate_keys:
+        low, high = result[f"{rate}_ci"]
+        print(f"  {rate.replace('_rate', '').replace('_', ' '):12} {result[rate]:.3f}  "
+              f"(95% interval {low:.3f}-{high:.3f})")
+    if "route_completion" in result:
         print(f"  route completion {result['route_completion']:.3f}")
-        print(f"  return {result['mean_return']:.2f} ± {result['std_return']:.2f}  "
-              f"mean length {result['mean_length']:.1f}")
-        if "gif" in result:
-            print(f"  GIF of scenario {start}: {args.gif}")
+    print(f"  return {result['mean_return']:.2f} ± {result['std_return']:.2f}  "
+          f"mean length {result['mean_length']:.1f}")
+    if "gif" in result:
+        print(f"  GIF of scenario {start}: {args.gif}")
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -343,7 +310,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.e2e:
         _require(_TRAIN_MODULES, "train", "bench --e2e")
-        _require({"metadrive": "metadrive-simulator"}, "metadrive", "bench --e2e")
+        _require_family(DEFAULT_ENV, "bench --e2e")
         _setup_logging()
     bench.run(quick=args.quick, e2e=args.e2e, json_path=args.json)
     return 0

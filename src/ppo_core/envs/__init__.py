@@ -1,7 +1,8 @@
 """Environment layers for ppo_core.
 
 This package is import-light on purpose: importing ``ppo_core.envs`` pulls in
-neither MetaDrive nor torch. The MetaDrive layer lives in
+neither MetaDrive nor torch. :mod:`ppo_core.envs.registry` says which env ids belong to
+an env family and what each family offers; the MetaDrive family lives in
 :mod:`ppo_core.envs.metadrive` and imports MetaDrive only when an environment is
 actually built (inside the process that steps it).
 

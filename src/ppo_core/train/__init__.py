@@ -14,12 +14,13 @@ from .estimators import ESTIMATORS, AdvantageEstimator, gae, returns_minus_basel
 from .losses import (POLICY_LOSSES, STATEFUL_POLICY_LOSSES, AdaptiveKLPenalty, PolicyLoss, SurrogateLoss,
                      clipped_surrogate, policy_gradient)
 from .policies import ActorCritic, MLPActorCritic, PolicyFactory, make_mlp_policy
+from .resolve import config_env_id, resolve_config
 from .rollout import Rollout, RolloutCollector
 from .sources import RolloutSource, VectorEnvSource
 from .trainer import Trainer, train
 
 __all__ = [
-    "PPOConfig", "load_config", "save_config", "read_config_file",
+    "PPOConfig", "load_config", "save_config", "read_config_file", "resolve_config", "config_env_id",
     "Trainer", "train",
     "Policy", "load_policy", "evaluate",
     "make_vector_env",

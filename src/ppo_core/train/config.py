@@ -12,7 +12,6 @@ TOML has no null, so "off" for an optional number is written as 0
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -22,9 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+from ppo_core.envs.registry import DEFAULT_ENV, get_family
+
 from .errors import ConfigError
 
-__all__ = ["PPOConfig", "load_config", "save_config", "read_config_file", "preset", "METADRIVE_ENV_KWARGS"]
+__all__ = ["PPOConfig", "load_config", "save_config", "read_config_file", "preset"]
 
 
 @dataclass
@@ -246,7 +247,8 @@ class PPOConfig:
         if self.env_groups < 1 or self.num_envs % self.env_groups:
             raise ConfigError(f"config key 'env_groups' must be >= 1 and divide num_envs ({self.num_envs}), "
                               f"got {self.env_groups!r}")
-        if self.env_groups > 1 and not (self.async_envs or self.env_id.lower().startswith("metadrive")):
+        family = get_family(self.env_id)
+        if self.env_groups > 1 and not (self.async_envs or (family is not None and family.steps_in_workers)):
             raise ConfigError("config key 'env_groups' > 1 needs async_envs = true (worker processes to overlap)")
         if self.num_minibatches > self.batch_size:
             raise ConfigError(
@@ -279,12 +281,11 @@ class PPOConfig:
                               f"got {self.deterministic_action!r}")
         if self.activation not in ("tanh", "relu"):
             raise ConfigError(f"config key 'activation' must be 'tanh' or 'relu', got {self.activation!r}")
-        if self.env_id.lower().startswith("metadrive"):
-            _validate_metadrive_env_kwargs(self.env_kwargs)
-            shards = self.env_kwargs.get("scenario_shards", 1)
-            if _is_int(shards) and shards > 1 and self.num_envs % shards:
-                raise ConfigError(f"env_kwargs key 'scenario_shards' ({shards}) must divide num_envs "
-                                  f"({self.num_envs}): each shard needs the same number of workers")
+        if family is not None:
+            try:
+                family.check_config(self.env_kwargs, self.num_envs)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
     @property
     def batch_size(self) -> int:
@@ -321,58 +322,14 @@ class PPOConfig:
         return self.from_dict({**self.to_dict(), **changes}, source="override")
 
 
-#: Environment of the MetaDrive preset: the MetaDrive paper's generalization setup (a
-#: fixed set of 100 training scenarios, traffic density 0.1, horizon 1000).
-METADRIVE_ENV_KWARGS = {"num_scenarios": 100, "start_seed": 0, "traffic_density": 0.1, "horizon": 1000}
-
-_PRESETS = {
-    # Learner: 2 worker processes (one per core), 2 x 2048-step rollouts, 4 minibatches
-    # of 1024 x 10 epochs, [256, 256] tanh MLPs, observation normalization and reward
-    # scaling, annealed learning rate, initial action std 0.6; held-out evaluation on 20
-    # unseen scenarios (10000..10019) every 200k steps (<= 10% of wall time even if every
-    # eval episode runs to the 1000-step horizon; see docs/metadrive-notes.md).
-    "metadrive": dict(
-        env_id="metadrive", total_steps=2_000_000, num_envs=2, async_envs=True, num_steps=2048,
-        learning_rate=3e-4, anneal_lr=True, gamma=0.99, lam=0.95, num_minibatches=4, update_epochs=10,
-        norm_adv=True, clip_coef=0.2, vf_clip_coef=0.0, ent_coef=0.0, vf_coef=0.5, max_grad_norm=0.5,
-        target_kl=0.0, normalize_obs=True, normalize_reward=True, hidden_sizes=[256, 256],
-        activation="tanh", init_log_std=-0.5, torch_threads=1, checkpoint_every=10, keep_checkpoints=1000,
-        env_kwargs=METADRIVE_ENV_KWARGS, eval_every_steps=200_000, eval_episodes=20, eval_start_seed=10_000,
-    ),
-}
-
-
-def preset(env_id: str = "metadrive") -> PPOConfig:
-    """The built-in defaults for ``env_id``: the MetaDrive preset for ids starting with
-    ``metadrive`` (``env_id`` kept as given), plain :class:`PPOConfig` defaults otherwise."""
-    if env_id.lower().startswith("metadrive"):
-        data = copy.deepcopy(_PRESETS["metadrive"])
-        data["env_id"] = env_id
-        return PPOConfig(**data)
+def preset(env_id: str = DEFAULT_ENV) -> PPOConfig:
+    """The built-in defaults for ``env_id``: its env family's preset (MetaDrive's for ids
+    starting with ``metadrive``, ``env_id`` kept as given), plain :class:`PPOConfig`
+    defaults otherwise."""
+    family = get_family(env_id)
+    if family is not None:
+        return PPOConfig(**family.preset(env_id))
     return PPOConfig(env_id=env_id)
-
-
-def _validate_metadrive_env_kwargs(kwargs: dict) -> None:
-    # The common MetaDrive options, checked here so a bad config file or flag fails
-    # before any worker starts; everything else is checked by MetaDriveConfig.
-    checks = {
-        "num_scenarios": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-        "start_seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-        "traffic_density": (lambda v: _is_number(v) and 0.0 <= v <= 1.0, "a number in [0, 1]"),
-        "horizon": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    }
-    for key, (ok, what) in checks.items():
-        if key in kwargs and not ok(kwargs[key]):
-            raise ConfigError(f"env_kwargs key {key!r} must be {what}, got {kwargs[key]!r}")
-    try:
-        from ppo_core.envs.metadrive import MetaDriveConfig  # imports no MetaDrive
-    except ImportError:  # pragma: no cover - gymnasium missing; the env build reports it
-        return
-    known = {f.name for f in dataclasses.fields(MetaDriveConfig)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise ConfigError(f"env_kwargs: unknown MetaDrive option {unknown[0]!r} "
-                          f"(known: {', '.join(sorted(known))})")
 
 
 _INT64 = 2**63
@@ -381,14 +338,6 @@ _INT64 = 2**63
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _default(f: dataclasses.Field) -> Any:

@@ -1,13 +1,11 @@
 """Environment construction: the one place the trainer and ``ppo-core eval`` make environments.
 
-Gymnasium ids go to ``gymnasium.make``; the id ``metadrive`` (or any id
-starting with ``metadrive``) is dispatched to :mod:`ppo_core.envs.metadrive`
-through an adapter in :data:`FAMILY_VECTOR_ENVS` (``env_kwargs`` become its
-``MetaDriveConfig``). For evaluation, a family module may define
-``episode_metrics(final_info, ep_return, ep_len) -> dict`` and
-``summarize_episodes(list_of_those) -> dict``; :func:`ppo_core.train.evaluate`
-merges the summary into its result (success rate etc.). A new family is one
-adapter function here plus a module in ``ppo_core.envs``.
+Gymnasium ids go to ``gymnasium.make``; an id of a registered env family
+(:mod:`ppo_core.envs.registry`; ``metadrive`` and any id starting with it) goes to
+the family's ``make_vector_env``. A family that reports episode outcomes
+(``episode_metrics`` / ``summarize_episodes``) has them merged into
+:func:`ppo_core.train.evaluate`'s result (success rate etc.) and the training rows.
+Nothing here names a family.
 
 The vector env returned here always uses ``AutoresetMode.SAME_STEP``: when a
 sub-environment ends an episode, the observation returned is already the
@@ -24,22 +22,13 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import gymnasium
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
+from ppo_core.envs.registry import get_family
+
 from .errors import ConfigError
 
-__all__ = ["make_vector_env", "env_family", "episode_metrics_fns", "FAMILY_VECTOR_ENVS"]
+__all__ = ["make_vector_env", "episode_metrics_fns"]
 
 EnvFactory = Callable[[], gymnasium.Env]
-
-
-def env_family(env_id: str) -> Optional[str]:
-    """The ``ppo_core.envs`` module name serving ``env_id``, or None for plain gymnasium ids."""
-    if env_id.lower().startswith("metadrive"):
-        return "metadrive"
-    return None
-
-
-def _family_module(family: str) -> Any:
-    return importlib.import_module(f"ppo_core.envs.{family}")
 
 
 def _single_thread_worker() -> None:
@@ -121,7 +110,7 @@ def make_vector_env(
 
     Parameters
     ----------
-    env_id: a registered gymnasium id, ``"metadrive"``, or a zero-argument
+    env_id: a registered gymnasium id, an env family's id (``"metadrive"``), or a zero-argument
         callable returning a ``gymnasium.Env`` (for custom environments).
     num_envs: number of sub-environments.
     seed: kept for the env families that seed at construction; gymnasium
@@ -133,9 +122,12 @@ def make_vector_env(
     """
     env_kwargs = dict(env_kwargs or {})
     if isinstance(env_id, str):
-        family = env_family(env_id)
+        family = get_family(env_id)
         if family is not None:
-            return FAMILY_VECTOR_ENVS[family](env_id, num_envs, seed, asynchronous, env_kwargs)
+            try:
+                return family.make_vector_env(env_id, num_envs, seed, asynchronous, env_kwargs)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         _check_gymnasium_id(env_id)
         _check_gymnasium_kwargs(env_id, env_kwargs)
         fns: list = [_Thunk(env_id, env_kwargs, asynchronous) for _ in range(num_envs)]
@@ -148,30 +140,7 @@ def make_vector_env(
 
 def episode_metrics_fns(env_id: str) -> Optional[Tuple[Callable[..., Dict[str, Any]], Callable[..., Dict[str, Any]]]]:
     """The env family's ``(episode_metrics, summarize_episodes)`` for eval, or None."""
-    family = env_family(env_id)
-    if family is None:
+    family = get_family(env_id)
+    if family is None or not family.has_episode_metrics:
         return None
-    module = _family_module(family)
-    per_episode = getattr(module, "episode_metrics", None)
-    summarize = getattr(module, "summarize_episodes", None)
-    if per_episode is None or summarize is None:
-        return None
-    return per_episode, summarize
-
-
-def _metadrive_vector_env(env_id: str, num_envs: int, seed: Optional[int], asynchronous: bool,
-                          env_kwargs: Dict[str, Any]) -> gymnasium.vector.VectorEnv:
-    # MetaDrive always runs in worker processes (one engine per process), so
-    # `asynchronous` is ignored.
-    md = _family_module("metadrive")
-    try:
-        md_config = md.MetaDriveConfig.from_dict(env_kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"env_kwargs for {env_id!r}: {e}") from None
-    return md.make_vector_env(md_config, num_envs, seed)
-
-
-#: ``family -> adapter(env_id, num_envs, seed, asynchronous, env_kwargs) -> VectorEnv``.
-FAMILY_VECTOR_ENVS: Dict[str, Callable[..., gymnasium.vector.VectorEnv]] = {
-    "metadrive": _metadrive_vector_env,
-}
+    return family.episode_metrics, family.summarize_episodes

@@ -1,36 +1,38 @@
-"""The PPO loop: collect a rollout, estimate advantages, run minibatch epochs, log, checkpoint.
+"""The PPO loop: collect a rollout, update on it, evaluate when due, log, checkpoint; resume.
 
-Data flows one way: rollout source -> :class:`~.rollout.Rollout` -> advantage
-estimator (kernels) -> policy and value losses (kernels) -> Adam. Every piece
-that people change is passed in:
+Data flows one way: rollout source -> :class:`~.rollout.Rollout` -> the update
+(:mod:`.update`: advantage estimator, then minibatch epochs of the loss, on the kernels)
+-> Adam. Every piece that people change is passed in:
 
 * ``source``: a :class:`~.sources.RolloutSource` (default: :class:`~.sources.VectorEnvSource`
   on ``config.env_id`` or ``env_fn``)
 * ``policy_factory(observation_space, action_space, config) -> nn.Module`` (:mod:`.policies`)
 * ``advantage_estimator(rewards, values, next_values, terminated, truncated, *, gamma, lam)`` (:mod:`.estimators`)
-* ``policy_loss(new_log_prob, old_log_prob, advantages, *, clip_coef)`` (:mod:`.losses`)
+* ``policy_loss(new_log_prob, old_log_prob, advantages, *, clip_coef)`` (:mod:`.losses`), or
+  ``loss(minibatch, config) -> LossOutput``, the whole objective (:mod:`.update`)
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Independent, Normal
 
-from ppo_core import torch as ppo_torch
 
 from . import checkpoint as ckpt
 from .config import PPOConfig, save_config
-from .envs import env_family, episode_metrics_fns
+from .agent import Policy
+from .envs import episode_metrics_fns
+from .evaluation import HeldOutEvaluation
 from .errors import ConfigError, RunDirError
 from .estimators import ESTIMATORS
 from .losses import POLICY_LOSSES, STATEFUL_POLICY_LOSSES, make_policy_loss
@@ -39,28 +41,15 @@ from .rollout import Rollout
 from .runlock import LOCK_NAME, RunLock
 from .runlog import MetricsLog, plot_learning_curve
 from .sources import RolloutSource, VectorEnvSource
+from .timing import TIMING_KEYS, UpdateTimer
+from .update import Loss, PPOLoss, PPOUpdate
 
 __all__ = ["Trainer", "train", "UpdateCallback"]
 
 logger = logging.getLogger("ppo_core.train")
 
-#: Parts of the wall time, each a ``<part>_seconds`` column of metrics.csv:
-#: ``env`` vector env ``step``/``reset`` (and rebuilding it after a worker failure),
-#: ``inference`` the rest of rollout collection (policy forward passes, normalization),
-#: ``advantage`` the advantage estimator (kernels), ``update`` the PyTorch minibatch
-#: epochs, ``eval`` periodic evaluation, ``other`` logging, checkpoints and the curve.
-TIMING_KEYS = ("env", "inference", "advantage", "update", "eval", "other")
-
 #: ``callback(trainer, row)`` called after every update with that update's metrics row.
 UpdateCallback = Callable[["Trainer", Dict[str, Any]], None]
-
-
-def _normalize_advantages(adv: torch.Tensor) -> torch.Tensor:
-    # The std of a single number is undefined; a minibatch of one keeps its
-    # raw advantage instead of becoming NaN (unbiased std) or 0 (biased std).
-    if adv.numel() < 2:
-        return adv
-    return (adv - adv.mean()) / (adv.std() + 1e-8)
 
 
 def _run_dir_error(run_dir: Path, e: OSError) -> str:
@@ -85,13 +74,6 @@ def _check_new_run_dir(run_dir: Path) -> None:
                       f"choose an empty or new --out")
 
 
-def _explained_variance(pred: torch.Tensor, target: torch.Tensor) -> float:
-    var = float(target.var(unbiased=False))
-    if var == 0.0:
-        return math.nan
-    return 1.0 - float((target - pred).var(unbiased=False)) / var
-
-
 class Trainer:
     """A PPO run writing to ``run_dir``.
 
@@ -105,6 +87,7 @@ class Trainer:
                  policy_factory: Optional[Callable[..., nn.Module]] = None,
                  advantage_estimator: Optional[Callable[..., Any]] = None,
                  policy_loss: Optional[Callable[..., Any]] = None,
+                 loss: Optional[Loss] = None,
                  env_fn: Optional[Callable[[], Any]] = None,
                  callbacks: Sequence[UpdateCallback] = (),
                  source: Optional[RolloutSource] = None,
@@ -128,8 +111,8 @@ class Trainer:
                 _check_new_run_dir(self.run_dir)
             else:  # the trainer that died there may have left a half-written checkpoint
                 ckpt.remove_partial_checkpoints(self.run_dir)
-            self._init(config, _resume_state, policy_factory, advantage_estimator, policy_loss, env_fn, callbacks,
-                       source)
+            self._init(config, _resume_state, policy_factory, advantage_estimator, policy_loss, loss, env_fn,
+                       callbacks, source)
         except BaseException:
             held = self._lock.held
             self._lock.release()
@@ -143,16 +126,22 @@ class Trainer:
             raise
 
     def _init(self, config: PPOConfig, _resume_state: Optional[Dict[str, Any]], policy_factory: Any,
-              advantage_estimator: Any, policy_loss: Any, env_fn: Any, callbacks: Sequence[UpdateCallback],
-              source: Optional[RolloutSource]) -> None:
+              advantage_estimator: Any, policy_loss: Any, loss: Optional[Loss], env_fn: Any,
+              callbacks: Sequence[UpdateCallback], source: Optional[RolloutSource]) -> None:
         self.callbacks = list(callbacks)
         self.advantage_estimator = advantage_estimator or self._lookup(
             ESTIMATORS, config.advantage_estimator, "advantage_estimator")
-        if policy_loss is None:
+        if loss is not None and policy_loss is not None:
+            raise TypeError("Trainer: pass either loss (the whole objective) or policy_loss (its policy term), "
+                            "not both")
+        if loss is None and policy_loss is None:
             known = {**POLICY_LOSSES, **STATEFUL_POLICY_LOSSES}
             self._lookup(known, config.policy_loss, "policy_loss")
             policy_loss = make_policy_loss(config.policy_loss, config)
         self.policy_loss = policy_loss
+        """The policy term of the default :class:`~.update.PPOLoss` (None with a ``loss`` of your own)."""
+        self.loss: Loss = loss if loss is not None else PPOLoss(policy_loss)
+        """The objective each minibatch minimizes (:mod:`.update`)."""
 
         torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
@@ -178,6 +167,9 @@ class Trainer:
             self.policy = (policy_factory or make_mlp_policy)(self.observation_space, self.action_space, config)
             self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
             self.perm_generator = torch.Generator().manual_seed(config.seed)
+            self.updater = PPOUpdate(self.policy, self.optimizer, self.loss, self.advantage_estimator, config,
+                                     self.perm_generator)
+            """The update of :meth:`learn` (:class:`~.update.PPOUpdate`)."""
             self.global_step = 0
             self.update = 0
             self.elapsed = 0.0
@@ -201,11 +193,10 @@ class Trainer:
             raise RunDirError(_run_dir_error(self.run_dir, e)) from None
         self.timing_totals: Dict[str, float] = {k: 0.0 for k in TIMING_KEYS}
         """Wall-clock seconds of this session by part (see :data:`TIMING_KEYS`)."""
-        self._pending_other = 0.0  # checkpoint time, charged to the next row
-        self._last_eval_step = self.global_step
-        self._evaluator: Any = None
+        self._pending_other = 0.0  # checkpoint time, charged to the next update's timer
+        self.held_out = HeldOutEvaluation(config, self._env_source, last_step=self.global_step)
+        """The periodic held-out evaluation (:class:`~.evaluation.HeldOutEvaluation`)."""
         self._session_steps = 0
-        self._learn_timings: Dict[str, float] = {"advantage": 0.0, "update": 0.0}
 
     @staticmethod
     def _lookup(table: Dict[str, Any], name: str, key: str) -> Any:
@@ -257,7 +248,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "perm_rng": self.perm_generator.get_state(),
             "recent_episodes": {"returns": list(self.recent_returns), "lengths": list(self.recent_lengths)},
-            **({"policy_loss": self.policy_loss.state_dict()} if hasattr(self.policy_loss, "state_dict") else {}),
+            **({"policy_loss": self.loss.state_dict()} if hasattr(self.loss, "state_dict") else {}),
         }
 
     def _load_state(self, state: Dict[str, Any]) -> None:
@@ -276,8 +267,8 @@ class Trainer:
         self.global_step = int(state["step"])
         self.update = int(state["update"])
         self.elapsed = float(state["elapsed"])
-        if "policy_loss" in state and hasattr(self.policy_loss, "load_state_dict"):
-            self.policy_loss.load_state_dict(state["policy_loss"])
+        if "policy_loss" in state and hasattr(self.loss, "load_state_dict"):
+            self.loss.load_state_dict(state["policy_loss"])
 
     def save_checkpoint(self) -> Path:
         """Write a checkpoint now (atomically) and redraw the learning curve."""
@@ -293,81 +284,28 @@ class Trainer:
 
     # -- evaluation ---------------------------------------------------------------
 
-    def _is_metadrive(self) -> bool:
-        return isinstance(self._env_source, str) and env_family(self._env_source) == "metadrive"
-
     def evaluate(self, episodes: Optional[int] = None) -> Dict[str, Any]:
-        """Evaluate the current deterministic policy on the held-out episodes now.
+        """Evaluate the current deterministic policy on the held-out episodes now
+        (:class:`~.evaluation.HeldOutEvaluation`: ``episodes`` of them, default
+        ``config.eval_episodes``, from ``eval_start_seed``). Returns the evaluation summary
+        (``mean_return``, ``success_rate``, ...)."""
+        with self._as_policy() as policy:
+            return self.held_out.evaluate(policy, episodes)
 
-        MetaDrive: scenarios ``eval_start_seed, ...`` (``episodes`` of them, default
-        ``config.eval_episodes``), each once, in a :class:`~ppo_core.envs.metadrive.ParallelEvaluator`
-        kept alive between calls (its workers idle while the training envs step).
-        Other envs: :func:`ppo_core.train.evaluate` with reset seed ``eval_start_seed``.
-        Returns the evaluation summary (``mean_return``, ``success_rate``, ...).
-        """
-        from .agent import Policy, evaluate
-
-        cfg = self.config
-        n = cfg.eval_episodes if episodes is None else int(episodes)
+    @contextlib.contextmanager
+    def _as_policy(self) -> Iterator[Policy]:
         was_training = self.policy.training
-        policy = Policy(self.policy, self.obs_normalizer, self.observation_space, self.action_space, cfg,
-                        step=self.global_step)
         try:
-            if self._is_metadrive():
-                from ppo_core.envs import metadrive as md
-
-                if self._evaluator is None or self._evaluator.config.num_scenarios < n:
-                    self._close_evaluator()
-                    base = md.MetaDriveConfig.from_dict(cfg.env_kwargs)
-                    # Held-out scenarios at the fixed traffic density, whatever training randomized.
-                    ev_cfg = base.replace(start_seed=cfg.eval_start_seed, num_scenarios=n,
-                                          traffic_density_range=None, scenario_shards=1)
-                    self._evaluator = md.ParallelEvaluator(ev_cfg, min(cfg.eval_workers or cfg.num_envs, n))
-                # Row by row, as `ppo-core eval` does: the actions do not depend on how episodes are batched.
-                return self._evaluator.evaluate(policy.episode_actor(deterministic=True), episodes=n,
-                                                start_seed=cfg.eval_start_seed, keyed=True)
-            result = evaluate(policy, self._env_source, episodes=n, seed=cfg.eval_start_seed,
-                              env_kwargs=cfg.env_kwargs)
-            result.pop("returns", None)
-            return result
+            yield Policy(self.policy, self.obs_normalizer, self.observation_space, self.action_space, self.config,
+                         step=self.global_step)
         finally:
             self.policy.train(was_training)
 
-    def _close_evaluator(self) -> None:
-        if self._evaluator is not None:
-            try:
-                self._evaluator.close()
-            except Exception as e:  # a dead worker: closing is best effort
-                logger.debug("closing the evaluator: %r", e)
-            self._evaluator = None
-
     def _maybe_evaluate(self) -> Dict[str, Any]:
-        every = self.config.eval_every_steps
-        if every <= 0:
+        if not self.held_out.due(self.global_step, self.finished):
             return {}
-        crossed = self.global_step // every > self._last_eval_step // every
-        final = self.finished and self._last_eval_step != self.global_step
-        if not (crossed or final):
-            return {}
-        t0 = time.perf_counter()
-        try:
-            result = self.evaluate()
-        except (RuntimeError, OSError, EOFError) as e:
-            # A crashed evaluation worker must not end the training run.
-            logger.warning("evaluation at step %d failed (%s: %s); skipped, the evaluator is restarted "
-                           "at the next evaluation", self.global_step, type(e).__name__, e)
-            self._close_evaluator()
-            return {"eval_seconds": time.perf_counter() - t0}
-        self._last_eval_step = self.global_step
-        row: Dict[str, Any] = {"eval_step": self.global_step, "eval_episodes": int(result["episodes"])}
-        for key in ("success_rate", "crash_rate", "out_of_road_rate", "route_completion", "mean_return",
-                    "mean_length"):
-            if key in result:
-                row[f"eval_{key}"] = float(result[key])
-        if "success_rate_ci" in result:
-            row["eval_success_rate_low"], row["eval_success_rate_high"] = map(float, result["success_rate_ci"])
-        row["eval_seconds"] = time.perf_counter() - t0
-        return row
+        with self._as_policy() as policy:
+            return self.held_out.row(policy, self.global_step)
 
     # -- the rollout source -------------------------------------------------------
 
@@ -412,7 +350,8 @@ class Trainer:
         row: Optional[Dict[str, Any]] = None
         try:
             while not self.finished:
-                t0 = time.perf_counter()
+                timer = UpdateTimer(carried=self._pending_other)
+                self._pending_other = 0.0
                 self.update += 1
                 if cfg.anneal_lr:
                     frac = 1.0 - (self.update - 1) / cfg.num_updates
@@ -422,21 +361,18 @@ class Trainer:
                 env_before = self.source.timings["env"]
                 self.source.sync_policy(self.policy)
                 rollout = self.source.collect(cfg.num_steps)
-                t_collected = time.perf_counter()
-                timings = {"env": self.source.timings["env"] - env_before}
-                timings["inference"] = t_collected - t0 - timings["env"]
+                timer.mark("inference", inside={"env": self.source.timings["env"] - env_before})
                 self.global_step += cfg.batch_size
                 self._session_steps += cfg.batch_size
                 self.policy.train()
-                stats = self.learn(rollout)
-                timings.update(self._learn_timings)
+                stats = self.learn(rollout, timer)
                 eval_row = self._maybe_evaluate()
-                timings["eval"] = eval_row.get("eval_seconds", 0.0)
-                dt = time.perf_counter() - t0
-                timings["other"] = max(dt - sum(timings.values()), 0.0) + self._pending_other
-                self._pending_other = 0.0
+                timer.mark("eval")
+                timings = timer.finish()
                 for k, v in timings.items():
                     self.timing_totals[k] += v
+                self.timing_totals["other"] -= timer.carried  # save_checkpoint counted it already
+                dt = timer.total
                 self.elapsed += dt
                 self.recent_returns.extend(rollout.episode_returns)
                 self.recent_lengths.extend(rollout.episode_lengths)
@@ -452,7 +388,7 @@ class Trainer:
                     "learning_rate": float(self.optimizer.param_groups[0]["lr"]),
                     "steps_per_second": round(cfg.batch_size / dt, 1),
                     **{f"{k}_seconds": round(v, 4) for k, v in timings.items()},
-                    **{k: v for k, v in eval_row.items() if k != "eval_seconds"},
+                    **eval_row,
                     "env_restarts": self.env_restarts,
                     **self._training_episode_stats(rollout),
                 }
@@ -494,88 +430,18 @@ class Trainer:
         """Close the rollout source, the evaluator and the metrics files (idempotent)."""
         if getattr(self, "source", None) is not None:
             self.source.close()
-        if getattr(self, "_evaluator", None) is not None:
-            self._close_evaluator()
+        if getattr(self, "held_out", None) is not None:
+            self.held_out.close()
         if getattr(self, "metrics", None) is not None:
             self.metrics.close()
             self.metrics = None
         if getattr(self, "_lock", None) is not None:
             self._lock.release()
 
-    def learn(self, rollout: Rollout) -> Dict[str, float]:
-        """One PPO update on ``rollout``: advantages, then minibatch epochs. Returns loss statistics."""
-        cfg = self.config
-        t0 = time.perf_counter()
-        advantages, returns = self.advantage_estimator(
-            rollout.rewards, rollout.values, rollout.next_values, rollout.terminated, rollout.truncated,
-            gamma=cfg.gamma, lam=cfg.lam,
-        )
-        t_adv = time.perf_counter()
-        obs = rollout.obs.reshape(-1, *rollout.obs.shape[2:])
-        actions = rollout.actions.reshape(-1, *rollout.actions.shape[2:])
-        old_log_probs = rollout.log_probs.reshape(-1)
-        old_values = rollout.values.reshape(-1)
-        advantages = advantages.reshape(-1).float()
-        returns = returns.reshape(-1).float()
-
-        n = obs.shape[0]
-        mb_size = n // cfg.num_minibatches
-        vf_clip = cfg.vf_clip_coef if cfg.vf_clip_coef > 0 else None
-        sums: Dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0,
-                                  "clip_fraction": 0.0, "value_clip_fraction": 0.0}
-        count = 0
-        epochs = 0
-        gaussian: Optional[bool] = None
-        std_sum = 0.0
-        for _ in range(cfg.update_epochs):
-            epochs += 1
-            perm = torch.randperm(n, generator=self.perm_generator)
-            epoch_kl, epoch_batches = 0.0, 0
-            for start in range(0, mb_size * cfg.num_minibatches, mb_size):
-                idx = perm[start:start + mb_size]
-                dist, new_values = self.policy(obs[idx])
-                new_log_prob = dist.log_prob(actions[idx])
-                entropy = dist.entropy().mean()
-                mb_adv = advantages[idx]
-                if cfg.norm_adv:
-                    mb_adv = _normalize_advantages(mb_adv)
-                pg = self.policy_loss(new_log_prob, old_log_probs[idx], mb_adv, clip_coef=cfg.clip_coef)
-                vl = ppo_torch.clipped_value_loss(new_values, old_values[idx], returns[idx], clip_coef=vf_clip)
-                loss = pg.loss - cfg.ent_coef * entropy + cfg.vf_coef * vl.loss
-
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm > 0:
-                    nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-
-                sums["policy_loss"] += float(pg.loss.detach())
-                sums["value_loss"] += float(vl.loss.detach())
-                sums["entropy"] += float(entropy.detach())
-                sums["clip_fraction"] += float(pg.clip_fraction)
-                sums["value_clip_fraction"] += float(vl.clip_fraction)
-                if gaussian is None:
-                    gaussian = isinstance(dist, Independent) and isinstance(dist.base_dist, Normal)
-                if gaussian:
-                    std_sum += float(dist.base_dist.stddev.detach().mean())
-                epoch_kl += float(pg.approx_kl)
-                epoch_batches += 1
-                count += 1
-            approx_kl = epoch_kl / epoch_batches
-            # CleanRL's rule: finish the epoch, then stop if the policy moved too far.
-            if cfg.target_kl > 0 and approx_kl > cfg.target_kl:
-                break
-        stats = {k: v / count for k, v in sums.items()}
-        stats["approx_kl"] = approx_kl
-        stats["explained_variance"] = _explained_variance(old_values, returns)
-        stats["epochs"] = epochs
-        after_update = getattr(self.policy_loss, "after_update", None)
-        if after_update is not None:  # a loss with state across updates (e.g. an adaptive KL penalty)
-            stats.update(after_update(approx_kl))
-        if gaussian:
-            stats["action_std"] = std_sum / count  # mean over minibatches, samples and action dims
-        self._learn_timings = {"advantage": t_adv - t0, "update": time.perf_counter() - t_adv}
-        return stats
+    def learn(self, rollout: Rollout, timer: Optional[UpdateTimer] = None) -> Dict[str, float]:
+        """One PPO update on ``rollout`` (:attr:`updater`): advantages, then minibatch epochs.
+        Returns the loss statistics of the metrics row."""
+        return self.updater(rollout, timer)
 
 
 def train(config: PPOConfig, run_dir: Union[str, os.PathLike], **pieces: Any) -> Dict[str, Any]:

@@ -9,6 +9,8 @@ One job per module; this package hands on their public names:
 * :mod:`.metrics`: :func:`episode_metrics`, :func:`summarize_episodes` and their keys.
 * :mod:`.evaluator`: :class:`ParallelEvaluator` and its worker processes, :func:`evaluate_policy`.
 * :mod:`.gif`: :func:`write_topdown_gif`.
+* :mod:`.family`: all of it as the ``metadrive`` env family of :mod:`ppo_core.envs.registry`
+  (preset, config checks, evaluator), which the trainer and the CLI use.
 
 Importing the package imports no MetaDrive (gymnasium and numpy, yes): MetaDrive is
 imported when an env is built, inside the process that steps it.
