@@ -3,6 +3,7 @@
 import json
 import logging
 import math
+import re
 import os
 import signal
 import subprocess
@@ -1107,3 +1108,83 @@ def test_old_checkpoints_with_top_level_statistics_still_resume(tmp_path):
     assert list(trainer.recent_returns) == state["collector"]["recent_returns"]
     assert trainer.source.reward_scaler.state_dict()["rms"]["count"] == source_state["reward_scaler"]["rms"]["count"]
     trainer.train()
+
+
+# -- settings from the command line ------------------------------------------------
+
+
+def test_set_reads_every_config_field_by_its_type():
+    from ppo_core.train.overrides import parse_set
+
+    got = parse_set(["learning_rate=1e-3", "total_steps=1e6", "anneal_lr=false", "hidden_sizes=32,32",
+                     "activation=relu", "env_kwargs={\"a\": 1}", "num_envs=4", "seed=1_000"])
+    assert got == {"learning_rate": 1e-3, "total_steps": 1_000_000, "anneal_lr": False, "hidden_sizes": [32, 32],
+                   "activation": "relu", "env_kwargs": {"a": 1}, "num_envs": 4, "seed": 1000}
+    assert parse_set(["hidden_sizes=[64, 16]"]) == {"hidden_sizes": [64, 16]}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("lerning_rate=1e-3", "--set lerning_rate: no such config key"),
+    ("rate=1", "did you mean learning_rate"),
+    ("num_envs=two", "--set num_envs=two: num_envs takes an integer"),
+    ("num_envs=2.5", "num_envs takes an integer"),
+    ("anneal_lr=maybe", "anneal_lr takes true or false"),
+    ("gamma=high", "gamma takes a number"),
+    ("hidden_sizes=a,b", "hidden_sizes takes a list of integers"),
+    ("env_kwargs=[1]", "env_kwargs takes a JSON object"),
+    ("seed", "--set 'seed': expected KEY=VALUE"),
+])
+def test_set_refuses_in_one_line_naming_the_key(item, message):
+    from ppo_core.train.overrides import parse_set
+
+    with pytest.raises(T.ConfigError, match=re.escape(message)):
+        parse_set([item])
+
+
+def test_env_kwargs_as_pairs_or_json():
+    from ppo_core.train.overrides import parse_env_kwargs
+
+    assert parse_env_kwargs(["traffic_density=0.2", "map=SCS", "flag=true"]) == {
+        "traffic_density": 0.2, "map": "SCS", "flag": True}
+    assert parse_env_kwargs(['{"horizon": 500, "num_scenarios": 10}', "horizon=600"]) == {
+        "horizon": 600, "num_scenarios": 10}
+    with pytest.raises(T.ConfigError, match="not a JSON object"):
+        parse_env_kwargs(["{bad"])
+
+
+def test_train_takes_set_and_env_kwargs_and_a_resume_changes_only_safe_keys(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = cli.main(["train", "--env", "CartPole-v1", "--set", "num_envs=2", "--set", "num_steps=32",
+                     "--set", "total_steps=64", "--set", "hidden_sizes=16", "--set", "num_minibatches=2",
+                     "--env-kwargs", "max_episode_steps=50", "--out", str(run), "--quiet"])
+    assert code == 0
+    cfg = T.load_config(run / "config.toml")
+    assert (cfg.num_envs, cfg.num_steps, cfg.hidden_sizes, cfg.env_kwargs) == (2, 32, [16], {"max_episode_steps": 50})
+    # the named flags go over --set
+    code = cli.main(["train", "--env", "CartPole-v1", "--set", "seed=5", "--seed", "7", "--set", "total_steps=64",
+                     "--set", "num_steps=32", "--out", str(tmp_path / "b"), "--quiet"])
+    assert code == 0 and T.load_config(tmp_path / "b" / "config.toml").seed == 7
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "--set", "total_steps=128", "--set", "eval_every_steps=64",
+                     "--quiet"]) == 0
+    cfg = T.load_config(run / "config.toml")
+    assert (cfg.total_steps, cfg.eval_every_steps) == (128, 64)
+    capsys.readouterr()
+    code = cli.main(["train", "--resume", str(run), "--set", "learning_rate=1e-2", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and "learning_rate" in err and "cannot change" in err and len(err.strip().splitlines()) == 1
+    assert T.load_config(run / "config.toml").learning_rate == cfg.learning_rate
+
+
+def test_config_show_prints_the_resolved_config_with_its_docs(tmp_path, capsys):
+    assert cli.main(["config", "show", "--env", "CartPole-v1", "--config", str(CONFIGS / "cartpole.toml"),
+                     "--set", "seed=9"]) == 0
+    out = capsys.readouterr().out
+    assert "seed = 9" in out and "# Seed of torch, NumPy and the environments" in out
+    path = tmp_path / "shown.toml"
+    path.write_text(out)
+    shown = T.load_config(path)  # what it prints is a config file that gives the same config
+    expected = T.resolve_config("CartPole-v1", CONFIGS / "cartpole.toml", None, {"seed": 9})
+    assert shown == expected
+    assert cli.main(["config", "show", "--set", "bogus=1"]) == 1
+    assert "no such config key" in capsys.readouterr().err

@@ -99,6 +99,19 @@ def _check_family_flags(flags: Dict[str, Any], env_id: str) -> None:
                            f"(--env {entry.name}), not {env_id!r}")
 
 
+def _add_settings_options(p: argparse.ArgumentParser, *, resume: bool = False) -> None:
+    """``--set KEY=VALUE`` for any config key and ``--env-kwargs`` for the environment."""
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set a config key, typed as the config declares it (repeatable; e.g. --set "
+                        "learning_rate=1e-3 --set hidden_sizes=64,64; see `ppo-core config show`)"
+                        + ("; with --resume only the keys that do not change learning: total_steps, "
+                           "eval_every_steps, eval_episodes, eval_workers, checkpoint_every, keep_checkpoints, "
+                           "max_env_restarts" if resume else ""))
+    p.add_argument("--env-kwargs", action="append", metavar="KEY=VALUE",
+                   help="an environment keyword (repeatable; the value is read as JSON when it is JSON), or "
+                        "one JSON object; merged into the config's env_kwargs")
+
+
 def _require_family(env_id: str, command: str) -> None:
     """The family of ``env_id`` needs packages beyond the 'train' extra: say which extra brings them."""
     entry = family_entry(env_id)

@@ -20,7 +20,7 @@ from ppo_core.gradvar import (DEFAULT_LAMS, GRADVAR_COLUMNS, load_snapshot, meas
 
 from ppo_core.envs.registry import family_entry
 
-from .common import (CLIError, _add_family_options, _check_family_flags, _family_flags, _non_negative_int,
+from .common import (CLIError, _add_family_options, _add_settings_options, _check_family_flags, _family_flags, _non_negative_int,
                      _positive_float, _positive_int, _Progress, _require_family, _unit_float)
 
 __all__ = ["add_parsers"]
@@ -34,14 +34,16 @@ def _progress(args: argparse.Namespace) -> Any:
 
 
 def _prepare(args: argparse.Namespace) -> Tuple[Any, List[Entry], List[int], Path]:
-    overrides: Dict[str, Any] = {"total_steps": args.total_steps}
+    from ppo_core import train as T
+
+    overrides: Dict[str, Any] = {**T.parse_set(args.set or []), "total_steps": args.total_steps}
     if args.num_envs is not None:
         overrides["num_envs"] = args.num_envs
     if args.eval_every_steps is not None:
         overrides["eval_every_steps"] = args.eval_every_steps
-    env_flags = _family_flags(args)
+    env_flags = {**T.parse_env_kwargs(args.env_kwargs or []), **_family_flags(args)}
     base = base_config(args.env, args.config, overrides, env_flags)
-    _check_family_flags(env_flags, base.env_id)
+    _check_family_flags(_family_flags(args), base.env_id)
     _require_family(base.env_id, args.command)
     entries = resolve_entries(args.algos, base, overrides, env_flags)
     seeds = list(range(args.seed, args.seed + args.seeds))
@@ -128,6 +130,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="held-out evaluation every N steps and at the end (0 = off; default: the config's, "
                         "MetaDrive 200000); on MetaDrive its success rate is the second panel")
     p.add_argument("--quiet", action="store_true", help="no per-update progress")
+    _add_settings_options(p)
     _add_family_options(p, "compare")
 
 

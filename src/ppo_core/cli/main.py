@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 from . import experiments
 from ppo_core.envs.registry import DEFAULT_ENV, family_entry
 
-from .common import (_TRAIN_MODULES, CLIError, _add_family_options, _check_creatable, _check_family_flags,
+from .common import (_TRAIN_MODULES, CLIError, _add_family_options, _add_settings_options, _check_creatable, _check_family_flags,
                      _check_writable, _family_flags, _flag, _non_negative_int, _Parser, _positive_int, _Progress,
                      _require, _require_family, _setup_logging, _write_jsonl)
 
@@ -26,7 +26,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ppo-core", description="PPO on the ppo_core kernels.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,verify,bench,compare,lrsweep,gradvar}",
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,config,verify,bench,compare,lrsweep,gradvar}",
                                 parser_class=_Parser)
     sub.required = True
 
@@ -56,7 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run from its latest checkpoint (only --total-steps may be given with it)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    _add_settings_options(t, resume=True)
     _add_family_options(t, "train")
+
+    c = sub.add_parser("config", help="show the config a run would use, each key with its description",
+                       description="Resolve a config as `ppo-core train` does (the env's defaults < --config < "
+                                   "--algo < --set) and print it as TOML, each key under its description: the "
+                                   "output is itself a config file.")
+    c.add_argument("action", choices=("show",))
+    c.add_argument("--env", metavar="ENV_ID", help="'metadrive' (default) or a gymnasium id")
+    c.add_argument("--config", metavar="FILE", help="TOML or JSON config file")
+    c.add_argument("--algo", metavar="NAME", help="algorithm preset (reinforce, reinforce-baseline, a2c, ppo)")
+    _add_settings_options(c)
 
     e = sub.add_parser("eval", help="evaluate a trained run (needs the 'train' extra)",
                        description="Run the latest checkpoint's policy and report the episode returns "
@@ -111,6 +122,7 @@ def _train(args: argparse.Namespace) -> int:
     _setup_logging()
     if args.resume:
         clashing = [flag for flag, value in (("--env", args.env), ("--config", args.config),
+                                             ("--env-kwargs", args.env_kwargs or None),
                                              ("--algo", args.algo), ("--num-envs", args.num_envs),
                                              ("--seed", args.seed), ("--backend", args.backend),
                                              ("--ray-address", args.ray_address),
@@ -121,7 +133,10 @@ def _train(args: argparse.Namespace) -> int:
                    if value is not None]
         if clashing:
             raise CLIError(f"--resume uses the run's saved config; {', '.join(clashing)} cannot be combined with it")
-        trainer = T.Trainer.resume(args.resume, total_steps=args.total_steps)
+        changes = T.parse_set(args.set or [])
+        if args.total_steps is not None:
+            changes["total_steps"] = args.total_steps
+        trainer = T.Trainer.resume(args.resume, changes=changes)
         if trainer.finished:
             trainer.close()
             print(f"{args.resume}: run already finished at step {trainer.global_step} "
@@ -130,7 +145,7 @@ def _train(args: argparse.Namespace) -> int:
             return 0
         run_dir = args.resume
     else:
-        overrides: Dict[str, Any] = {}
+        overrides: Dict[str, Any] = T.parse_set(args.set or [])  # the named flags go over --set
         for key in ("total_steps", "num_envs", "seed", "backend", "ray_address", "num_workers", "envs_per_worker"):
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
@@ -138,6 +153,7 @@ def _train(args: argparse.Namespace) -> int:
             overrides["async_envs"] = True
         env_flags = _family_flags(args)
         _check_family_flags(env_flags, T.config_env_id(args.env, args.config, DEFAULT_ENV))
+        env_flags = {**T.parse_env_kwargs(args.env_kwargs or []), **env_flags}
         config = T.resolve_config(args.env, args.config, args.algo, overrides, env_flags, default_env=DEFAULT_ENV)
         _require_family(config.env_id, "train")
         run_dir = args.out or _default_out(config.env_id, config.seed)
@@ -293,6 +309,16 @@ def _print_family_result(args: argparse.Namespace, result: Dict[str, Any], famil
         print(f"  GIF of scenario {start}: {args.gif}")
 
 
+def _config(args: argparse.Namespace) -> int:
+    _require(_TRAIN_MODULES, "train", "config show")
+    from ppo_core import train as T
+
+    config = T.resolve_config(args.env, args.config, args.algo, T.parse_set(args.set or []),
+                              T.parse_env_kwargs(args.env_kwargs or []), default_env=DEFAULT_ENV)
+    sys.stdout.write(T.config_to_toml(config, with_docs=True))
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     _require({"hypothesis": "hypothesis"}, "verify", "verify")
     from ppo_core import verify
@@ -327,7 +353,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``ppo-core`` and ``python -m ppo_core``; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        return {"train": _train, "eval": _eval, "verify": _verify, "compare": _tutorial, "lrsweep": _tutorial,
+        return {"train": _train, "eval": _eval, "config": _config, "verify": _verify, "compare": _tutorial, "lrsweep": _tutorial,
                 "gradvar": _tutorial, "bench": _bench}[args.command](args)
     except CLIError as e:
         print(f"ppo-core: error: {e}", file=sys.stderr)

@@ -7,13 +7,14 @@ trained run with :func:`load_policy`. The swappable pieces are documented in
 
 from .agent import Policy, evaluate, load_policy
 from .algos import ALGOS, algo_overrides, apply_algo
-from .config import PPOConfig, load_config, preset, read_config_file, save_config
+from .config import PPOConfig, config_to_toml, field_docs, load_config, preset, read_config_file, save_config
 from .envs import make_vector_env
 from .errors import ConfigError, EnvWorkerError, RunDirError, TrainError
 from .estimators import ESTIMATORS, AdvantageEstimator, gae, returns_minus_baseline, reward_to_go
 from .losses import (POLICY_LOSSES, STATEFUL_POLICY_LOSSES, AdaptiveKLPenalty, PolicyLoss, SurrogateLoss,
                      clipped_surrogate, policy_gradient)
 from .policies import ActorCritic, MLPActorCritic, PolicyFactory, make_mlp_policy
+from .overrides import RESUMABLE, parse_env_kwargs, parse_set
 from .resolve import config_env_id, resolve_config
 from .rollout import Rollout, RolloutCollector
 from .sources import RolloutSource, VectorEnvSource
@@ -21,6 +22,7 @@ from .trainer import Trainer, train
 
 __all__ = [
     "PPOConfig", "load_config", "save_config", "read_config_file", "resolve_config", "config_env_id",
+    "config_to_toml", "field_docs", "parse_set", "parse_env_kwargs", "RESUMABLE",
     "Trainer", "train",
     "Policy", "load_policy", "evaluate",
     "make_vector_env",

@@ -19,13 +19,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Dict, List, Union
 
 from ppo_core.envs.registry import DEFAULT_ENV, get_family
 
 from .errors import ConfigError
 
-__all__ = ["PPOConfig", "load_config", "save_config", "read_config_file", "preset"]
+__all__ = ["PPOConfig", "load_config", "save_config", "read_config_file", "preset", "field_docs", "config_to_toml"]
 
 
 @dataclass
@@ -394,6 +394,45 @@ def read_config_file(path: Union[str, os.PathLike]) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a table of settings, got {type(data).__name__}")
     return data
+
+
+def field_docs() -> Dict[str, str]:
+    """Each :class:`PPOConfig` field's docstring (the string literal under it), by name."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(PPOConfig)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: Dict[str, str] = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[node.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+def config_to_toml(config: PPOConfig, *, with_docs: bool = False) -> str:
+    """``config`` as TOML text (needs ``tomli-w``); ``with_docs``: each key under its
+    description as comments. Either way the text reads back as the same config."""
+    import tomli_w
+
+    data = config.to_dict()
+    if not with_docs:
+        return tomli_w.dumps(data)
+    docs = field_docs()
+    lines: List[str] = []
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    for key, value in data.items():
+        if key in tables:
+            continue
+        lines += [f"# {line}".rstrip() for line in docs.get(key, "").splitlines()]
+        lines += [tomli_w.dumps({key: value}).rstrip("\n"), ""]
+    for key, value in tables.items():
+        lines += [f"# {line}".rstrip() for line in docs.get(key, "").splitlines()]
+        lines += [tomli_w.dumps({key: value}).strip("\n"), ""]
+    return "\n".join(lines)
 
 
 def save_config(config: PPOConfig, path: Union[str, os.PathLike]) -> None:

@@ -31,6 +31,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .config import PPOConfig, save_config
 from .agent import Policy
+from .overrides import RESUMABLE
 from .envs import episode_metrics_fns
 from .evaluation import HeldOutEvaluation
 from .errors import ConfigError, RunDirError
@@ -208,17 +209,27 @@ class Trainer:
 
     @classmethod
     def resume(cls, run_dir: Union[str, os.PathLike], *, total_steps: Optional[int] = None,
-               **kwargs: Any) -> "Trainer":
+               changes: Optional[Dict[str, Any]] = None, **kwargs: Any) -> "Trainer":
         """Continue a run from its latest checkpoint with its saved config.
 
-        ``total_steps`` may extend the run. Restores weights, optimizer, step
+        ``total_steps`` may extend the run; ``changes`` may change the keys of
+        :data:`~.overrides.RESUMABLE` (budget, evaluation cadence, checkpoints), and a
+        :class:`ConfigError` names any other key. Restores weights, optimizer, step
         count, normalization statistics and RNG streams; the environments start
         fresh episodes (an env's internal state cannot be saved in general).
         Raises :class:`RunDirError` if ``run_dir`` is not a run or has no checkpoint.
         """
-        config = ckpt.load_run_config(run_dir)
+        changes = dict(changes or {})
         if total_steps is not None:
-            config = config.replace(total_steps=total_steps)
+            changes["total_steps"] = total_steps
+        refused = [k for k in changes if k not in RESUMABLE]
+        if refused:
+            raise ConfigError(f"{', '.join(refused)} cannot change in a resumed run (it changes what the run "
+                              f"learns, so the run would no longer be one experiment); a resume may change: "
+                              f"{', '.join(RESUMABLE)}")
+        config = ckpt.load_run_config(run_dir)
+        if changes:
+            config = config.replace(**changes)
         if ckpt.latest_checkpoint(run_dir) is None:
             # Stopped before its first checkpoint: nothing to restore, so it starts over
             # from step 0 with its saved config (and its metrics.csv begins anew).
