@@ -1188,3 +1188,79 @@ def test_config_show_prints_the_resolved_config_with_its_docs(tmp_path, capsys):
     assert shown == expected
     assert cli.main(["config", "show", "--set", "bogus=1"]) == 1
     assert "no such config key" in capsys.readouterr().err
+
+
+# -- export -------------------------------------------------------------------------
+
+_RUN_EXPORTED = r"""
+import json, sys
+import numpy as np
+kind, path, obs_path = sys.argv[1:]
+obs = np.load(obs_path)
+if kind == "torchscript":
+    import torch
+    action = torch.jit.load(path)(torch.from_numpy(obs))[0].numpy()
+else:
+    import onnxruntime
+    action = onnxruntime.InferenceSession(path).run(None, {"obs": obs})[0]
+assert not any(m == "ppo_core" or m.startswith("ppo_core.") for m in sys.modules), "ppo_core was imported"
+print(json.dumps(action.tolist()))
+"""
+
+
+def _exported_actions(kind, path, obs, tmp_path):
+    np.save(tmp_path / "obs.npy", obs)
+    script = tmp_path / "run_exported.py"
+    script.write_text(_RUN_EXPORTED)
+    out = subprocess.run([sys.executable, "-I", str(script), kind, str(path), str(tmp_path / "obs.npy")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return np.array(json.loads(out.stdout))
+
+
+def _real_observations(env_id, policy, n=64):
+    import gymnasium
+
+    env = gymnasium.make(env_id)
+    obs, _ = env.reset(seed=3)
+    rows = []
+    for _ in range(n):
+        rows.append(obs)
+        obs, _, term, trunc, _ = env.step(policy.act(obs))
+        if term or trunc:
+            obs, _ = env.reset()
+    return np.asarray(rows, np.float32)
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "onnx"])
+@pytest.mark.parametrize("env_id, extra", [("CartPole-v1", {}), ("Pendulum-v1", {}),
+                                           ("Pendulum-v1", {"deterministic_action": "expected",
+                                                            "state_dependent_std": True})])
+def test_exported_policy_equals_load_policy_act(kind, env_id, extra, tmp_path):
+    if kind == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    run = tmp_path / "run"
+    T.train(_small(env_id=env_id, total_steps=128, **extra), run)
+    policy = T.load_policy(run)
+    path = tmp_path / f"policy.{kind}"
+    assert cli.main(["export", str(run), "--format", kind, "--out", str(path)]) == 0
+    rng = np.random.default_rng(0)
+    shape = policy.observation_space.shape
+    for obs in (rng.normal(0, 3, (37, *shape)).astype(np.float32), _real_observations(env_id, policy),
+                rng.normal(0, 1, (1, *shape)).astype(np.float32)):
+        got = _exported_actions(kind, path, obs, tmp_path)
+        want = policy.act(obs)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_export_refuses_in_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    T.train(_small(total_steps=64), run)
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "x.pt"), "--checkpoint", "best"]) == 1
+    assert "no best checkpoint" in capsys.readouterr().err
+    assert cli.main(["export", str(run), "--out", str(tmp_path / "nowhere" / "x.pt")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")]) == 1
+    assert not (tmp_path / "x.pt").exists()

@@ -26,7 +26,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ppo-core", description="PPO on the ppo_core kernels.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,config,verify,bench,compare,lrsweep,gradvar}",
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,export,config,verify,bench,compare,lrsweep,gradvar}",
                                 parser_class=_Parser)
     sub.required = True
 
@@ -88,6 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--torch-threads", type=_positive_int, metavar="T",
                    help="torch's intra-op threads (default: the run's torch_threads, as in training)")
     _add_family_options(e, "eval")
+
+    x = sub.add_parser("export", help="write a trained policy as TorchScript or ONNX (runs without ppo_core)",
+                       description="Write the run's deterministic policy, with its observation normalization "
+                                   "and action clipping built in, as one file: input a float32 batch of raw "
+                                   "observations (N, obs_dim), outputs the env actions and the values. "
+                                   "TorchScript needs only torch; ONNX needs the 'onnx' extra to export.")
+    x.add_argument("run_dir", metavar="RUN_DIR")
+    x.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript",
+                   help="file format (default torchscript)")
+    x.add_argument("--out", required=True, metavar="FILE", help="file to write (replaced atomically)")
+    x.add_argument("--checkpoint", default="latest", metavar="best|latest|PATH",
+                   help="which checkpoint: the latest (default), best (checkpoints/best.pt, kept by periodic "
+                        "held-out evaluation), or a path")
 
     v = sub.add_parser("verify", help="check the installed kernels against the NumPy spec",
                        description="Run ppo_core.verify (Hypothesis) against the installed build.")
@@ -319,6 +332,31 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    _require(_TRAIN_MODULES, "train", "export")
+    from ppo_core import train as T
+    from ppo_core.train.export import export_policy
+
+    if args.checkpoint == "latest":
+        checkpoint = None
+    elif args.checkpoint == "best":
+        checkpoint = os.path.join(args.run_dir, "checkpoints", "best.pt")
+        if not os.path.isfile(checkpoint):
+            raise CLIError(f"{args.run_dir} has no best checkpoint (checkpoints/best.pt); export the latest "
+                           f"with --checkpoint latest", code=1)
+    else:
+        checkpoint = args.checkpoint
+        if not os.path.isfile(checkpoint):
+            raise CLIError(f"--checkpoint {checkpoint}: no such file", code=1)
+    _check_writable(args.out, "--out")
+    policy = T.load_policy(args.run_dir, checkpoint)
+    facts = export_policy(policy, args.out, args.format)
+    print(f"wrote {facts['path']} ({facts['format']}, {facts['bytes']} bytes): the deterministic policy of "
+          f"{args.run_dir} at step {facts['step']}; input float32 (N, {', '.join(map(str, facts['obs_shape']))}), "
+          f"outputs actions and values")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     _require({"hypothesis": "hypothesis"}, "verify", "verify")
     from ppo_core import verify
@@ -353,7 +391,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``ppo-core`` and ``python -m ppo_core``; returns the exit status."""
     try:
         args = build_parser().parse_args(argv)
-        return {"train": _train, "eval": _eval, "config": _config, "verify": _verify, "compare": _tutorial, "lrsweep": _tutorial,
+        return {"train": _train, "eval": _eval, "config": _config, "export": _export, "verify": _verify, "compare": _tutorial, "lrsweep": _tutorial,
                 "gradvar": _tutorial, "bench": _bench}[args.command](args)
     except CLIError as e:
         print(f"ppo-core: error: {e}", file=sys.stderr)

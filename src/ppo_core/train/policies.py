@@ -170,18 +170,21 @@ def _normal_pdf(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
 
 
-def expected_clipped_action(mean: torch.Tensor, std: torch.Tensor, low: np.ndarray, high: np.ndarray) -> torch.Tensor:
+def expected_clipped_action(mean: torch.Tensor, std: torch.Tensor, low: Any, high: Any, *,
+                            dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """E[clip(a, low, high)] for a ~ N(mean, std²), per dimension: the mean of the action the env receives.
 
     With α = (low − μ)/σ, β = (high − μ)/σ, Φ and φ the standard normal cdf and density:
     E = low·Φ(α) + high·(1 − Φ(β)) + μ·(Φ(β) − Φ(α)) − σ·(φ(β) − φ(α)).
     When μ lies outside the bounds (an unbounded Gaussian's mean drifts there freely, since
     every sample beyond a bound is the same action to the env), clip(μ) is the bound itself,
-    while this is what the sampled policy does on average.
+    while this is what the sampled policy does on average. ``low`` / ``high``: arrays or
+    tensors; ``dtype``: the arithmetic's (float64; an exported ONNX graph uses float32,
+    since onnxruntime has no float64 erf).
     """
-    mean64, std64 = mean.double(), std.double().clamp_min(1e-12)
-    lo = torch.as_tensor(low, dtype=torch.float64).expand_as(mean64)
-    hi = torch.as_tensor(high, dtype=torch.float64).expand_as(mean64)
+    mean64, std64 = mean.to(dtype), std.to(dtype).clamp_min(1e-12)
+    lo = torch.as_tensor(low, dtype=dtype).expand_as(mean64)
+    hi = torch.as_tensor(high, dtype=dtype).expand_as(mean64)
     alpha, beta = (lo - mean64) / std64, (hi - mean64) / std64
     cdf_a, cdf_b = torch.special.ndtr(alpha), torch.special.ndtr(beta)
     zero = torch.zeros_like(mean64)
