@@ -398,12 +398,37 @@ def test_custom_pieces_are_called(tmp_path):
 
 def test_docs_swap_example_runs(tmp_path):
     # The example in docs/trainer.md, on a tiny budget.
-    text = (REPO / "docs" / "trainer.md").read_text()
-    block = text.split("```python")[2].split("```")[0]
+    block = _docs_block("def ppo_kl_penalty")
     assert len(block.strip().splitlines()) < 20
     block = block.replace("total_steps=50_000", "total_steps=64").replace('"runs/kl-penalty"', repr(str(tmp_path / "r")))
     exec(compile(block, "docs/trainer.md", "exec"), {})
     assert len(read_metrics(tmp_path / "r" / "metrics.csv")) == 1
+
+
+def _docs_block(marker):
+    text = (REPO / "docs" / "trainer.md").read_text()
+    blocks = [b.split("```")[0] for b in text.split("```python")[1:] if marker in b.split("```")[0]]
+    assert len(blocks) == 1, marker
+    return blocks[0]
+
+
+def test_docs_loss_example_runs(tmp_path):
+    block = _docs_block("def huber_value_loss")
+    block = block.replace("total_steps=50_000", "total_steps=64").replace('"runs/huber"', repr(str(tmp_path / "r")))
+    exec(compile(block, "docs/trainer.md", "exec"), {})
+    assert len(read_metrics(tmp_path / "r" / "metrics.csv")) == 1
+
+
+def test_docs_onnx_example_runs(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    T.train(_small(total_steps=64), tmp_path / "run")
+    assert cli.main(["export", str(tmp_path / "run"), "--format", "onnx", "--out", str(tmp_path / "cartpole.onnx")]) == 0
+    block = _docs_block("onnxruntime.InferenceSession").replace('"cartpole.onnx"', repr(str(tmp_path / "cartpole.onnx")))
+    assert len(block.strip().splitlines()) <= 11
+    capsys.readouterr()
+    exec(compile(block, "docs/trainer.md", "exec"), {})
+    assert float(capsys.readouterr().out.strip()) >= 1
 
 
 def test_minibatch_of_one_stays_finite(tmp_path):
@@ -1264,3 +1289,59 @@ def test_export_refuses_in_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")]) == 1
     assert not (tmp_path / "x.pt").exists()
+
+
+# -- the best policy is kept --------------------------------------------------------
+
+
+def test_best_checkpoint_follows_held_out_return_and_loads_by_name(tmp_path, capsys):
+    run = tmp_path / "run"
+    T.train(_small(total_steps=512, eval_every_steps=64, eval_episodes=2), run)
+    rows = [r for r in read_metrics(run / "metrics.csv") if r.get("eval_step")]
+    returns = [float(r["eval_mean_return"]) for r in rows]
+    best_row = rows[returns.index(max(returns))]  # the first of equal bests is kept
+    assert ckpt.best_checkpoint(run) is not None
+    policy = T.load_policy(run, "best")
+    assert policy.step == int(best_row["eval_step"])
+    assert T.load_policy(run, "latest").step == 512
+    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run))
+    assert state["best"] == {"step": policy.step, "score": [max(returns)]}
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--checkpoint", "best", "--episodes", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == policy.step
+    assert cli.main(["export", str(run), "--checkpoint", "best", "--out", str(tmp_path / "best.pt")]) == 0
+    # a resume keeps comparing against the best so far
+    resumed = T.Trainer.resume(run, total_steps=576)
+    assert resumed.best == state["best"]
+    resumed.close()
+
+
+def test_best_is_chosen_by_success_then_route_completion_then_return():
+    from ppo_core.train.trainer import _eval_score
+
+    a = _eval_score({"eval_success_rate": 0.5, "eval_route_completion": 0.7, "eval_mean_return": 10.0})
+    b = _eval_score({"eval_success_rate": 0.5, "eval_route_completion": 0.8, "eval_mean_return": 1.0})
+    c = _eval_score({"eval_success_rate": 0.6, "eval_route_completion": 0.1, "eval_mean_return": -5.0})
+    assert a < b < c
+    assert _eval_score({"eval_mean_return": math.nan}) < _eval_score({"eval_mean_return": -1e9})
+    assert _eval_score({}) is None
+
+
+def test_a_run_stops_at_its_target_success(tmp_path, monkeypatch, capsys):
+    from ppo_core.envs import registry
+    from toy_envs import COUNTDOWN_ENTRY
+
+    monkeypatch.setitem(registry.FAMILIES, "countdown", COUNTDOWN_ENTRY)
+    monkeypatch.setattr(registry, "_loaded", {})
+    run = tmp_path / "run"
+    code = cli.main(["train", "--env", "countdown", "--set", "total_steps=640", "--set", "eval_every_steps=64",
+                     "--set", "eval_episodes=4", "--set", "stop_at_success=0.01", "--set", "checkpoint_every=100",
+                     "--out", str(run), "--quiet"])
+    out = capsys.readouterr().out
+    rows = read_metrics(run / "metrics.csv")
+    first_hit = next(r for r in rows if r.get("eval_success_rate") and float(r["eval_success_rate"]) >= 0.01)
+    assert code == 0 and "stopped early" in out
+    assert rows[-1] is first_hit and int(rows[-1]["step"]) < 640
+    assert ckpt.latest_checkpoint(run).name == f"step_{int(first_hit['step']):012d}.pt"
+    with pytest.raises(T.ConfigError, match="stop_at_success"):
+        _small(stop_at_success=1.5)

@@ -74,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(MetaDrive: success, crash and out-of-road rates, route completion, "
                                    "on scenarios S, S+1, ... in parallel workers).")
     e.add_argument("run_dir", metavar="RUN_DIR")
-    e.add_argument("--checkpoint", metavar="FILE",
-                   help="evaluate this checkpoint (a checkpoints/step_*.pt of the run) instead of the latest")
+    e.add_argument("--checkpoint", metavar="best|latest|PATH",
+                   help="which checkpoint: the latest (default), best (checkpoints/best.pt, the best periodic "
+                        "held-out evaluation), or a path (a checkpoints/step_*.pt of the run)")
     e.add_argument("--env", metavar="ENV_ID", help="environment (default: the run's)")
     e.add_argument("--episodes", type=_positive_int, default=10, metavar="N", help="episodes (default 10)")
     e.add_argument("--seed", type=_non_negative_int, default=0, metavar="S",
@@ -186,7 +187,9 @@ def _train(args: argparse.Namespace) -> int:
               + (f" (last checkpoint {last.name})" if last else ""), file=sys.stderr)
         return 130
     assert row is not None
-    print(f"done: {row['step']} steps, recent return {row['episode_return']:.2f}; run directory {run_dir}")
+    stopped = (f" (stopped early: held-out success reached stop_at_success {trainer.config.stop_at_success})"
+               if trainer.stopped_early else "")
+    print(f"done: {row['step']} steps{stopped}, recent return {row['episode_return']:.2f}; run directory {run_dir}")
     t = trainer.timing_summary()
     shares = ", ".join(f"{k} {100 * v:.1f}%" for k, v in t["shares"].items())
     print(f"time: {t['total_seconds']:.1f} s, {t['steps_per_second']:.0f} steps/s; shares: {shares}; "
@@ -199,7 +202,7 @@ def _eval(args: argparse.Namespace) -> int:
     _require(_TRAIN_MODULES, "train", "eval")
     from ppo_core import train as T
 
-    if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
+    if args.checkpoint not in (None, "latest", "best") and not os.path.isfile(args.checkpoint):
         raise CLIError(f"--checkpoint {args.checkpoint}: no such file", code=1)
     policy = T.load_policy(args.run_dir, args.checkpoint)
     if args.deterministic_action is not None:
@@ -337,19 +340,10 @@ def _export(args: argparse.Namespace) -> int:
     from ppo_core import train as T
     from ppo_core.train.export import export_policy
 
-    if args.checkpoint == "latest":
-        checkpoint = None
-    elif args.checkpoint == "best":
-        checkpoint = os.path.join(args.run_dir, "checkpoints", "best.pt")
-        if not os.path.isfile(checkpoint):
-            raise CLIError(f"{args.run_dir} has no best checkpoint (checkpoints/best.pt); export the latest "
-                           f"with --checkpoint latest", code=1)
-    else:
-        checkpoint = args.checkpoint
-        if not os.path.isfile(checkpoint):
-            raise CLIError(f"--checkpoint {checkpoint}: no such file", code=1)
+    if args.checkpoint not in ("latest", "best") and not os.path.isfile(args.checkpoint):
+        raise CLIError(f"--checkpoint {args.checkpoint}: no such file", code=1)
     _check_writable(args.out, "--out")
-    policy = T.load_policy(args.run_dir, checkpoint)
+    policy = T.load_policy(args.run_dir, args.checkpoint)
     facts = export_policy(policy, args.out, args.format)
     print(f"wrote {facts['path']} ({facts['format']}, {facts['bytes']} bytes): the deterministic policy of "
           f"{args.run_dir} at step {facts['step']}; input float32 (N, {', '.join(map(str, facts['obs_shape']))}), "

@@ -123,11 +123,15 @@ def load_policy(run_dir: Union[str, os.PathLike], checkpoint: Optional[Union[str
                 policy_factory: Optional[Callable[..., nn.Module]] = None) -> Policy:
     """Load the latest (or the given) checkpoint of a run as a :class:`Policy`.
 
-    ``policy_factory`` must be the one the run was trained with if it was not
-    the default MLP. Without ``checkpoint``, a damaged newest checkpoint is skipped
+    ``checkpoint``: ``"latest"`` (the default, also None), ``"best"`` (``checkpoints/best.pt``,
+    the best periodic held-out evaluation) or a path. ``policy_factory`` must be the one the
+    run was trained with if it was not the default MLP. For the latest, a damaged newest checkpoint is skipped
     (with a warning) for the newest one that loads. Raises :class:`RunDirError` if
     ``run_dir`` is not a run or holds no checkpoint that loads.
     """
+    if checkpoint is not None and str(checkpoint) in ("latest", "best"):
+        ckpt.load_run_config(run_dir)  # raises RunDirError with a clear message
+        checkpoint = ckpt.resolve_checkpoint(run_dir, checkpoint)
     if checkpoint is None:
         ckpt.load_run_config(run_dir)  # raises RunDirError with a clear message
         if ckpt.latest_checkpoint(run_dir) is None:

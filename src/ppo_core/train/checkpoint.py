@@ -86,6 +86,46 @@ def latest_checkpoint(run_dir: Union[str, os.PathLike]) -> Optional[Path]:
     return ckpts[-1] if ckpts else None
 
 
+#: The checkpoint of the best periodic held-out evaluation so far (``checkpoints/best.pt``).
+BEST_NAME = "best.pt"
+
+
+def best_checkpoint(run_dir: Union[str, os.PathLike]) -> Optional[Path]:
+    """``checkpoints/best.pt`` if the run keeps one (a regular file), else None."""
+    path = Path(run_dir) / "checkpoints" / BEST_NAME
+    return path if path.is_file() else None
+
+
+def save_best(run_dir: Union[str, os.PathLike], state: Dict[str, Any]) -> Path:
+    """Write ``state`` as ``checkpoints/best.pt`` atomically (replacing the previous best)."""
+    import io
+
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    path = ckpt_dir / BEST_NAME
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def resolve_checkpoint(run_dir: Union[str, os.PathLike], which: Union[str, os.PathLike, None]) -> Optional[Path]:
+    """``None`` / ``"latest"``: None (the newest loadable one); ``"best"``: ``checkpoints/best.pt``;
+    anything else: that path. Raises :class:`RunDirError` for a missing best or file."""
+    if which is None or str(which) == "latest":
+        return None
+    if str(which) == "best":
+        best = best_checkpoint(run_dir)
+        if best is None:
+            raise RunDirError(f"{run_dir} has no best checkpoint (checkpoints/best.pt is kept when periodic "
+                              f"held-out evaluation is on: eval_every_steps > 0); use the latest instead")
+        return best
+    path = Path(which)
+    if not path.is_file():
+        raise RunDirError(f"checkpoint {path}: no such file")
+    return path
+
+
 def save_checkpoint(run_dir: Union[str, os.PathLike], state: Dict[str, Any], step: int, keep: int = 3) -> Path:
     """Write ``state`` as ``checkpoints/step_<step>.pt`` atomically; keep the newest ``keep``."""
     import io

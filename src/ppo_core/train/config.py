@@ -173,6 +173,11 @@ class PPOConfig:
     """First held-out scenario (MetaDrive) or reset seed (other envs) of periodic evaluation;
     outside the training range."""
 
+    stop_at_success: float = 0.0
+    """Stop the run early once a periodic held-out evaluation reaches this success rate
+    (envs that report success, such as MetaDrive); 0 turns it off. The last checkpoint is
+    written; ``--resume`` with a larger ``total_steps`` continues it."""
+
     eval_workers: int = 0
     """Worker processes of the MetaDrive evaluator, kept alive between evaluations;
     0 means ``num_envs``."""
@@ -241,6 +246,8 @@ class PPOConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.stop_at_success <= 1.0:
+            raise ConfigError(f"config key 'stop_at_success' must be in [0, 1] (0: off), got {self.stop_at_success!r}")
         for name in ("gamma", "lam"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"config key {name!r} must be in [0, 1], got {getattr(self, name)!r}")

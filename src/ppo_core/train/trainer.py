@@ -75,6 +75,19 @@ def _check_new_run_dir(run_dir: Path) -> None:
                       f"choose an empty or new --out")
 
 
+def _eval_score(row: Dict[str, Any]) -> Optional[tuple]:
+    """What makes one held-out evaluation better than another (compared as a tuple; NaN counts as -inf)."""
+    def num(key: str) -> float:
+        v = row.get(key, -math.inf)
+        return -math.inf if v is None or math.isnan(v) else float(v)
+
+    if "eval_success_rate" in row:
+        return num("eval_success_rate"), num("eval_route_completion"), num("eval_mean_return")
+    if "eval_mean_return" in row:
+        return (num("eval_mean_return"),)
+    return None
+
+
 class Trainer:
     """A PPO run writing to ``run_dir``.
 
@@ -177,6 +190,11 @@ class Trainer:
             self.recent_returns: deque = deque(maxlen=20)
             """Raw returns of the last 20 training episodes (the ``episode_return`` column's mean)."""
             self.recent_lengths: deque = deque(maxlen=20)
+            self.best: Dict[str, Any] = {}
+            """The best periodic held-out evaluation so far: ``step`` and ``score`` (its
+            checkpoint is ``checkpoints/best.pt``); empty before the first one."""
+            self.stopped_early = False
+            """The run stopped at ``stop_at_success`` before ``total_steps``."""
             if _resume_state is not None:
                 self._load_state(_resume_state)
             family_fns = episode_metrics_fns(self._env_source) if isinstance(self._env_source, str) else None
@@ -259,6 +277,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "perm_rng": self.perm_generator.get_state(),
             "recent_episodes": {"returns": list(self.recent_returns), "lengths": list(self.recent_lengths)},
+            "best": dict(self.best),
             **({"policy_loss": self.loss.state_dict()} if hasattr(self.loss, "state_dict") else {}),
         }
 
@@ -278,6 +297,7 @@ class Trainer:
         self.global_step = int(state["step"])
         self.update = int(state["update"])
         self.elapsed = float(state["elapsed"])
+        self.best = dict(state.get("best") or {})
         if "policy_loss" in state and hasattr(self.loss, "load_state_dict"):
             self.loss.load_state_dict(state["policy_loss"])
 
@@ -403,17 +423,37 @@ class Trainer:
                     "env_restarts": self.env_restarts,
                     **self._training_episode_stats(rollout),
                 }
+                reached = (cfg.stop_at_success > 0
+                           and eval_row.get("eval_success_rate", -1.0) >= cfg.stop_at_success)
                 try:
                     self.metrics.log(row)
-                    if self.update % cfg.checkpoint_every == 0 or self.finished:
+                    if eval_row:
+                        self._keep_best(eval_row)
+                    if self.update % cfg.checkpoint_every == 0 or self.finished or reached:
                         self.save_checkpoint()
                 except OSError as e:
                     raise RunDirError(self._write_failed(e)) from None
                 for cb in self.callbacks:
                     cb(self, row)
+                if reached and not self.finished:
+                    logger.info("held-out success %.3f reached stop_at_success %.3f at step %d: stopping",
+                                eval_row["eval_success_rate"], cfg.stop_at_success, self.global_step)
+                    self.stopped_early = True
+                    break
         finally:
             self.close()
         return row
+
+    def _keep_best(self, eval_row: Dict[str, Any]) -> None:
+        """Write ``checkpoints/best.pt`` when this evaluation beats the best so far: by held-out
+        success where the env reports it (ties: route completion, then return), else by mean return."""
+        score = _eval_score(eval_row)
+        if score is None:
+            return
+        if self.best and tuple(self.best["score"]) >= score:
+            return
+        self.best = {"step": self.global_step, "score": list(score)}
+        ckpt.save_best(self.run_dir, self._state())
 
     def _write_failed(self, e: OSError) -> str:
         """One line for a run directory that stopped taking writes mid-run (read-only, full, gone)."""
