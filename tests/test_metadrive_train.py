@@ -175,8 +175,8 @@ def test_eval_metadrive_refuses_a_run_of_another_env(capsys, tmp_path):
                         update_epochs=1), tmp_path / "cartpole")
     code, _, err = _run(capsys, "eval", tmp_path / "cartpole", "--env", "metadrive", "--episodes", 1)
     assert code == 1 and "trained on 'CartPole-v1', not MetaDrive" in err
-    code, _, err = _run(capsys, "eval", tmp_path / "cartpole", "--gif", tmp_path / "x.gif")
-    assert code == 2 and "--gif only applies to MetaDrive" in err
+    code, _, err = _run(capsys, "eval", tmp_path / "cartpole", "--workers", 2)
+    assert code == 2 and "--workers only applies to MetaDrive" in err
 
 
 def test_killed_metadrive_worker_is_replaced(tmp_path, caplog):

@@ -1345,3 +1345,23 @@ def test_a_run_stops_at_its_target_success(tmp_path, monkeypatch, capsys):
     assert ckpt.latest_checkpoint(run).name == f"step_{int(first_hit['step']):012d}.pt"
     with pytest.raises(T.ConfigError, match="stop_at_success"):
         _small(stop_at_success=1.5)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_eval_gif_for_any_env_that_renders_rgb_array(env_id, tmp_path, capsys):
+    from PIL import Image
+
+    pytest.importorskip("pygame")
+    run = tmp_path / "run"
+    T.train(_small(env_id=env_id, total_steps=64), run)
+    gif = tmp_path / "out" / "episode.gif"
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--episodes", "1", "--gif", str(gif), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    with Image.open(gif) as im:
+        assert result["gif"]["frames"] == result["gif"]["length"] + 1  # the reset frame, then one a step
+        assert 1 < im.n_frames <= result["gif"]["frames"]  # Pillow merges identical neighbours
+        assert im.size[0] > 100
+    # a bad path fails before any episode runs
+    (tmp_path / "file").write_text("")
+    assert cli.main(["eval", str(run), "--episodes", "1", "--gif", str(tmp_path / "file" / "x.gif")]) == 1

@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Box actions: the clipped mean, or the mean of the clipped Gaussian E[clip(a)] "
                         "(default: the run's deterministic_action)")
     e.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    e.add_argument("--gif", metavar="PATH",
+                   help="also write a GIF of one episode (MetaDrive: top-down view of scenario S; other envs: "
+                        "any that render rgb_array, e.g. CartPole, Pendulum)")
     e.add_argument("--torch-threads", type=_positive_int, metavar="T",
                    help="torch's intra-op threads (default: the run's torch_threads, as in training)")
     _add_family_options(e, "eval")
@@ -229,6 +232,8 @@ def _eval_gymnasium(args: argparse.Namespace, policy: Any, env_id: str) -> int:
     """``ppo-core eval`` on gymnasium episodes (:func:`ppo_core.train.evaluate`)."""
     from ppo_core import train as T
 
+    if args.gif:
+        _check_creatable(args.gif, "--gif")
     try:
         result = T.evaluate(policy, env_id, episodes=args.episodes, seed=args.seed,
                             deterministic=not args.stochastic,
@@ -241,6 +246,13 @@ def _eval_gymnasium(args: argparse.Namespace, policy: Any, env_id: str) -> int:
     result["env_id"] = env_id
     result["step"] = policy.step
     result["deterministic"] = not args.stochastic
+    if args.gif:
+        try:
+            result["gif"] = T.write_episode_gif(policy, env_id, args.gif, seed=args.seed,
+                                                deterministic=not args.stochastic,
+                                                env_kwargs=None if env_id == policy.config.env_id else {})
+        except (ValueError, OSError) as e:
+            raise CLIError(f"--gif {args.gif}: {getattr(e, 'strerror', None) or e}", code=1) from None
     if args.json:
         print(json.dumps(result))
     else:

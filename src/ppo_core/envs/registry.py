@@ -213,8 +213,6 @@ register_family(FamilyEntry(
         Option("start_seed", "non_negative_int", "S", _START_HELP),
         Option("traffic_density", "unit_float", "D", {"*": "traffic density in [0, 1]"}),
         Option("horizon", "positive_int", "H", {"*": "episode step limit (a truncation)"}),
-        Option("gif", "path", "PATH", {"*": "also write a top-down GIF of scenario S"},
-               commands=("eval",), env_kwarg=False),
         Option("workers", "positive_int", "W", {"*": "evaluation worker processes (default: one per core)"},
                commands=("eval",), env_kwarg=False),
         Option("episodes_out", "path", "FILE",

@@ -5,7 +5,7 @@ trained run with :func:`load_policy`. The swappable pieces are documented in
 :mod:`.estimators`, :mod:`.losses` and :mod:`.policies`; see ``docs/trainer.md``.
 """
 
-from .agent import Policy, evaluate, load_policy
+from .agent import Policy, evaluate, load_policy, write_episode_gif
 from .algos import ALGOS, algo_overrides, apply_algo
 from .config import PPOConfig, config_to_toml, field_docs, load_config, preset, read_config_file, save_config
 from .envs import make_vector_env
@@ -24,7 +24,7 @@ __all__ = [
     "PPOConfig", "load_config", "save_config", "read_config_file", "resolve_config", "config_env_id",
     "config_to_toml", "field_docs", "parse_set", "parse_env_kwargs", "RESUMABLE",
     "Trainer", "train",
-    "Policy", "load_policy", "evaluate",
+    "Policy", "load_policy", "evaluate", "write_episode_gif",
     "make_vector_env",
     "AdvantageEstimator", "gae", "returns_minus_baseline", "reward_to_go", "ESTIMATORS",
     "PolicyLoss", "SurrogateLoss", "clipped_surrogate", "policy_gradient", "POLICY_LOSSES",

@@ -18,7 +18,7 @@ from .errors import RunDirError
 from .normalize import ObsNormalizer
 from .policies import env_action, expected_clipped_action, make_mlp_policy, space_from_dict
 
-__all__ = ["Policy", "load_policy", "evaluate"]
+__all__ = ["Policy", "load_policy", "evaluate", "write_episode_gif"]
 
 
 class Policy:
@@ -200,3 +200,43 @@ def evaluate(policy: Policy, env_id: Union[str, Callable[[], gymnasium.Env], Non
         summary = family_fns[1](per_episode)
         result.update({k: v for k, v in summary.items() if k not in result})
     return result
+
+
+def write_episode_gif(policy: Policy, env_id: Optional[str] = None, path: Union[str, os.PathLike] = "episode.gif", *,
+                      seed: Optional[int] = 0, deterministic: bool = True, env_kwargs: Optional[Dict[str, Any]] = None,
+                      frame_skip: int = 1, fps: int = 30) -> Dict[str, Any]:
+    """Run one episode of a gymnasium env that renders ``rgb_array`` (CartPole, Pendulum, ...)
+    and write it as a GIF. Returns ``path``, ``frames``, ``return`` and ``length``.
+
+    Raises ``ValueError`` when the env renders no ``rgb_array`` frames.
+    """
+    from ppo_core.envs.gif import GifFrames
+
+    env_id = env_id or policy.config.env_id
+    kwargs = dict(policy.config.env_kwargs if env_kwargs is None else env_kwargs)
+    try:
+        env = gymnasium.make(env_id, render_mode="rgb_array", **kwargs)
+    except (TypeError, gymnasium.error.Error) as e:
+        raise ValueError(f"{env_id} cannot render frames for a GIF: {e}") from None
+    frames = GifFrames(frame_skip)
+    ep_return, length = 0.0, 0
+    try:
+        obs, _ = env.reset(seed=seed)
+        try:
+            first = env.render()
+        except gymnasium.error.DependencyNotInstalled as e:
+            raise ValueError(f"{env_id} needs a renderer for a GIF: {e}") from None
+        if not isinstance(first, np.ndarray) or first.ndim != 3:
+            raise ValueError(f"{env_id} renders no rgb_array frames (render() gave {type(first).__name__})")
+        frames.add(first)
+        done = False
+        while not done:
+            obs, reward, terminated, truncated, _ = env.step(policy.act(obs, deterministic=deterministic))
+            ep_return += float(reward)
+            length += 1
+            frames.add(env.render())
+            done = terminated or truncated
+    finally:
+        env.close()
+    count = frames.save(path, fps)
+    return {"path": str(path), "frames": count, "return": ep_return, "length": length}

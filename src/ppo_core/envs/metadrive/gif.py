@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-import numpy as np
-
+from ..gif import GifFrames
 from .config import MetaDriveConfig, scenario_for_seed
 from .evaluator import ActFn, ParallelEvaluator
 
@@ -53,32 +52,14 @@ def write_topdown_gif(
     Returns:
         The episode's :func:`episode_metrics`, plus ``frames`` (count) and ``path``.
     """
-    from PIL import Image
-
     cfg = config if config is not None else MetaDriveConfig()
     scenario = scenario_for_seed(cfg.start_seed if seed is None else seed, cfg.start_seed, cfg.num_scenarios)
     kwargs: Dict[str, Any] = dict(screen_size=tuple(screen_size), window=False)
     kwargs.update(render_kwargs or {})
-    frames: List[Image.Image] = []
-    counter = [0]
-    last: List[Optional[np.ndarray]] = [None]
-
-    def keep(_episode: int, frame: np.ndarray) -> None:
-        if counter[0] % max(1, frame_skip) == 0:
-            frames.append(Image.fromarray(frame).convert("P", palette=Image.Palette.ADAPTIVE, colors=64))
-            last[0] = None
-        else:
-            last[0] = frame
-        counter[0] += 1
-
+    frames = GifFrames(frame_skip)
     with ParallelEvaluator(cfg, 1, context=context, render=True, render_kwargs=kwargs) as ev:
-        (metrics,) = ev.run_episodes(act_fn, [scenario], on_frame=keep, keyed=keyed)
-    if last[0] is not None:
-        frames.append(Image.fromarray(last[0]).convert("P", palette=Image.Palette.ADAPTIVE, colors=64))
-    if not frames:
-        raise RuntimeError("the top-down renderer produced no frames")
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frames[0].save(out, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0, optimize=False)
-    logger.info("wrote %d-frame top-down GIF of scenario %d to %s", len(frames), scenario, out)
-    return {**metrics, "frames": len(frames), "path": str(out)}
+        (metrics,) = ev.run_episodes(act_fn, [scenario], on_frame=lambda _episode, frame: frames.add(frame),
+                                     keyed=keyed)
+    count = frames.save(path, fps)
+    logger.info("wrote %d-frame top-down GIF of scenario %d to %s", count, scenario, path)
+    return {**metrics, "frames": count, "path": str(Path(path))}
