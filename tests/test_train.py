@@ -1317,7 +1317,7 @@ def test_best_checkpoint_follows_held_out_return_and_loads_by_name(tmp_path, cap
 
 
 def test_best_is_chosen_by_success_then_route_completion_then_return():
-    from ppo_core.train.trainer import _eval_score
+    from ppo_core.train.evaluation import eval_score as _eval_score
 
     a = _eval_score({"eval_success_rate": 0.5, "eval_route_completion": 0.7, "eval_mean_return": 10.0})
     b = _eval_score({"eval_success_rate": 0.5, "eval_route_completion": 0.8, "eval_mean_return": 1.0})

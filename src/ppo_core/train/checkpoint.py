@@ -23,6 +23,7 @@ import torch
 
 from .config import PPOConfig, load_config
 from .errors import RunDirError
+from .runlock import LOCK_NAME
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_latest_valid_checkpoint", "list_checkpoints",
            "latest_checkpoint", "remove_partial_checkpoints",
@@ -206,3 +207,25 @@ def load_run_config(run_dir: Union[str, os.PathLike]) -> PPOConfig:
     if path is None:
         raise RunDirError(f"{run_dir} is not a run directory (no config.toml or config.json in it)")
     return load_config(path)
+
+
+def run_dir_error(run_dir: Path, e: OSError) -> str:
+    """One line for an ``OSError`` on the run directory itself."""
+    if isinstance(e, FileExistsError) or (run_dir.exists() and not run_dir.is_dir()):
+        return f"run directory {run_dir} is a file, not a folder; choose another --out"
+    if isinstance(e, NotADirectoryError):
+        return f"run directory {run_dir} lies under a file, not a folder; choose another --out"
+    return f"cannot write in run directory {run_dir}: {e.strerror or e}"
+
+
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run starts in an empty (or new) folder: never over a run, never over others' files."""
+    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
+    if not entries:
+        return
+    if is_run_dir(run_dir) or list_checkpoints(run_dir):
+        raise RunDirError(f"{run_dir} already holds a run; resume it with --resume {run_dir} "
+                          f"or choose another --out")
+    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    raise RunDirError(f"{run_dir} is not empty and is not a run (it holds {shown}); "
+                      f"choose an empty or new --out")

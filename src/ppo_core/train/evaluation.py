@@ -9,6 +9,7 @@ evaluations so its workers idle while the training envs step) uses it; any other
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, Dict, Optional
 
 from ppo_core.envs.registry import get_family
@@ -16,12 +17,25 @@ from ppo_core.envs.registry import get_family
 from .agent import Policy, evaluate
 from .config import PPOConfig
 
-__all__ = ["HeldOutEvaluation"]
+__all__ = ["HeldOutEvaluation", "eval_score"]
 
 logger = logging.getLogger("ppo_core.train")
 
 #: Summary keys copied into the metrics row as ``eval_<key>``.
 _ROW_KEYS = ("success_rate", "crash_rate", "out_of_road_rate", "route_completion", "mean_return", "mean_length")
+
+
+def eval_score(row: Dict[str, Any]) -> Optional[tuple]:
+    """What makes one held-out evaluation better than another (compared as a tuple; NaN counts as -inf)."""
+    def num(key: str) -> float:
+        v = row.get(key, -math.inf)
+        return -math.inf if v is None or math.isnan(v) else float(v)
+
+    if "eval_success_rate" in row:
+        return num("eval_success_rate"), num("eval_route_completion"), num("eval_mean_return")
+    if "eval_mean_return" in row:
+        return (num("eval_mean_return"),)
+    return None
 
 
 class HeldOutEvaluation:

@@ -33,13 +33,13 @@ from .config import PPOConfig, save_config
 from .agent import Policy
 from .overrides import RESUMABLE
 from .envs import episode_metrics_fns
-from .evaluation import HeldOutEvaluation
+from .evaluation import HeldOutEvaluation, eval_score
 from .errors import ConfigError, RunDirError
 from .estimators import ESTIMATORS
 from .losses import POLICY_LOSSES, STATEFUL_POLICY_LOSSES, make_policy_loss
 from .policies import make_mlp_policy, space_to_dict
 from .rollout import Rollout
-from .runlock import LOCK_NAME, RunLock
+from .runlock import RunLock
 from .runlog import MetricsLog, plot_learning_curve
 from .sources import RolloutSource, VectorEnvSource
 from .timing import TIMING_KEYS, UpdateTimer
@@ -51,41 +51,6 @@ logger = logging.getLogger("ppo_core.train")
 
 #: ``callback(trainer, row)`` called after every update with that update's metrics row.
 UpdateCallback = Callable[["Trainer", Dict[str, Any]], None]
-
-
-def _run_dir_error(run_dir: Path, e: OSError) -> str:
-    """One line for an ``OSError`` on the run directory itself."""
-    if isinstance(e, FileExistsError) or (run_dir.exists() and not run_dir.is_dir()):
-        return f"run directory {run_dir} is a file, not a folder; choose another --out"
-    if isinstance(e, NotADirectoryError):
-        return f"run directory {run_dir} lies under a file, not a folder; choose another --out"
-    return f"cannot write in run directory {run_dir}: {e.strerror or e}"
-
-
-def _check_new_run_dir(run_dir: Path) -> None:
-    """A new run starts in an empty (or new) folder: never over a run, never over others' files."""
-    entries = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_NAME)
-    if not entries:
-        return
-    if ckpt.is_run_dir(run_dir) or ckpt.list_checkpoints(run_dir):
-        raise RunDirError(f"{run_dir} already holds a run; resume it with --resume {run_dir} "
-                          f"or choose another --out")
-    shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
-    raise RunDirError(f"{run_dir} is not empty and is not a run (it holds {shown}); "
-                      f"choose an empty or new --out")
-
-
-def _eval_score(row: Dict[str, Any]) -> Optional[tuple]:
-    """What makes one held-out evaluation better than another (compared as a tuple; NaN counts as -inf)."""
-    def num(key: str) -> float:
-        v = row.get(key, -math.inf)
-        return -math.inf if v is None or math.isnan(v) else float(v)
-
-    if "eval_success_rate" in row:
-        return num("eval_success_rate"), num("eval_route_completion"), num("eval_mean_return")
-    if "eval_mean_return" in row:
-        return (num("eval_mean_return"),)
-    return None
 
 
 class Trainer:
@@ -116,13 +81,13 @@ class Trainer:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise RunDirError(_run_dir_error(self.run_dir, e)) from None
+            raise RunDirError(ckpt.run_dir_error(self.run_dir, e)) from None
         self._lock = RunLock(self.run_dir)
         lock_existed = self._lock.path.exists()
         try:
             self._lock.acquire()
             if _resume_state is None and not _restart:
-                _check_new_run_dir(self.run_dir)
+                ckpt.check_new_run_dir(self.run_dir)
             else:  # the trainer that died there may have left a half-written checkpoint
                 ckpt.remove_partial_checkpoints(self.run_dir)
             self._init(config, _resume_state, policy_factory, advantage_estimator, policy_loss, loss, env_fn,
@@ -209,7 +174,7 @@ class Trainer:
             self.metrics = MetricsLog(self.run_dir, resume_step=self.global_step if _resume_state else None)
         except OSError as e:
             self.source.close()
-            raise RunDirError(_run_dir_error(self.run_dir, e)) from None
+            raise RunDirError(ckpt.run_dir_error(self.run_dir, e)) from None
         self.timing_totals: Dict[str, float] = {k: 0.0 for k in TIMING_KEYS}
         """Wall-clock seconds of this session by part (see :data:`TIMING_KEYS`)."""
         self._pending_other = 0.0  # checkpoint time, charged to the next update's timer
@@ -447,7 +412,7 @@ class Trainer:
     def _keep_best(self, eval_row: Dict[str, Any]) -> None:
         """Write ``checkpoints/best.pt`` when this evaluation beats the best so far: by held-out
         success where the env reports it (ties: route completion, then return), else by mean return."""
-        score = _eval_score(eval_row)
+        score = eval_score(eval_row)
         if score is None:
             return
         if self.best and tuple(self.best["score"]) >= score:
