@@ -1,0 +1,1 @@
+"""ppo_core's kernels inside other RL libraries (each module imports its library)."""
