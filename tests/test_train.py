@@ -1,5 +1,6 @@
 """The PPO trainer: config, rollouts and bootstrapping, update, checkpoints, CLI, learning."""
 
+import io
 import json
 import logging
 import math
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -1365,3 +1367,38 @@ def test_eval_gif_for_any_env_that_renders_rgb_array(env_id, tmp_path, capsys):
     # a bad path fails before any episode runs
     (tmp_path / "file").write_text("")
     assert cli.main(["eval", str(run), "--episodes", "1", "--gif", str(tmp_path / "file" / "x.gif")]) == 1
+
+
+# -- watching a run -----------------------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _progress_rows():
+    trainer = SimpleNamespace(finished=False, stopped_early=False)
+    rows = [{"step": 64 * (i + 1), "update": i + 1, "episode_return": 10.0 + i, "steps_per_second": 500.0,
+             "approx_kl": 0.01, "explained_variance": 0.5} for i in range(4)]
+    rows[1].update(eval_step=128, eval_mean_return=42.0)
+    return trainer, rows
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
+    from ppo_core.cli.common import _Progress
+
+    for stream in (_Terminal(), io.StringIO()):
+        trainer, rows = _progress_rows()
+        progress = _Progress(stream, 256, 0)
+        for i, row in enumerate(rows):
+            trainer.finished = i == len(rows) - 1
+            progress(trainer, row)
+        text = stream.getvalue()
+        if isinstance(stream, _Terminal):
+            assert "[eval] step 128: held-out return 42.00" in text
+            assert "256/256" in text and "return 13.00" in text and "held-out return 42.00" in text
+        else:
+            lines = text.strip().splitlines()
+            assert lines[0].startswith("update 1 step 64/256 return 10.00") and "held-out" not in lines[0]
+            assert lines[-1].startswith("update 4 step 256/256 return 13.00")

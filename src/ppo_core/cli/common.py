@@ -154,40 +154,44 @@ def _positive_float(text: str) -> float:
 
 
 class _Progress:
-    """A one-line progress bar on a terminal, plain log lines (at most every 5 s) otherwise."""
+    """A tqdm progress bar on a terminal (steps, steps/s, ETA, recent return, the latest
+    held-out result), plain log lines (at most every 5 s) otherwise."""
 
     def __init__(self, stream: Any, total_steps: int, start_step: int) -> None:
         self.stream = stream
         self.tty = stream.isatty()
         self.total = max(total_steps, 1)
-        self.start_step = start_step
-        self.t0 = time.monotonic()
+        self.step = start_step
         self.last_line = -math.inf
+        self.held_out = ""
+        self.bar: Any = None
+        if self.tty:
+            from tqdm import tqdm  # the 'train' extra
+
+            self.bar = tqdm(total=self.total, initial=start_step, unit="step", unit_scale=True, file=stream,
+                            dynamic_ncols=True, smoothing=0.1, leave=True)
 
     def __call__(self, trainer: Any, row: Dict[str, Any]) -> None:
         step, ret, sps = row["step"], row["episode_return"], row["steps_per_second"]
-        ret_text = "   n/a" if math.isnan(ret) else f"{ret:8.2f}"
-        done = trainer.finished
-        if self.tty and "eval_step" in row:  # keep held-out results on screen, above the bar
-            self.stream.write(f"\r{'':110}\r[eval] step {row['eval_step']}:{_eval_text(row)}\n")
-        if self.tty:
-            frac = min(step / self.total, 1.0)
-            width = 24
-            bar = "#" * int(frac * width) + "-" * (width - int(frac * width))
-            elapsed = time.monotonic() - self.t0
-            rate = (step - self.start_step) / elapsed if elapsed > 0 else 0.0
-            eta = (self.total - step) / rate if rate > 0 and not done else 0.0
-            self.stream.write(f"\r[{bar}] {step:>10,}/{self.total:,} steps  {sps:7.0f} steps/s  "
-                              f"return {ret_text}  eta {int(eta) // 60}:{int(eta) % 60:02d} ")
+        ret_text = "n/a" if math.isnan(ret) else f"{ret:.2f}"
+        done = trainer.finished or getattr(trainer, "stopped_early", False)
+        if "eval_step" in row:
+            self.held_out = _eval_text(row).lstrip(" |")
+        if self.bar is not None:
+            if "eval_step" in row:  # kept on screen, above the bar
+                self.bar.write(f"[eval] step {row['eval_step']}: {self.held_out}", file=self.stream)
+            self.bar.set_postfix_str(f"return {ret_text}" + (f" | {self.held_out}" if self.held_out else ""),
+                                     refresh=False)
+            self.bar.update(step - self.step)
             if done:
-                self.stream.write("\n")
-            self.stream.flush()
+                self.bar.close()
         elif done or time.monotonic() - self.last_line >= 5.0:
             self.last_line = time.monotonic()
-            self.stream.write(f"update {row['update']} step {step}/{self.total} return {ret_text.strip()} "
+            self.stream.write(f"update {row['update']} step {step}/{self.total} return {ret_text} "
                               f"steps/s {sps:.0f} approx_kl {row['approx_kl']:.4f} "
                               f"explained_variance {row['explained_variance']:.3f}{_eval_text(row)}\n")
             self.stream.flush()
+        self.step = step
 
 
 def _eval_text(row: Dict[str, Any]) -> str:
