@@ -1402,3 +1402,35 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_elsewhere():
             lines = text.strip().splitlines()
             assert lines[0].startswith("update 1 step 64/256 return 10.00") and "held-out" not in lines[0]
             assert lines[-1].startswith("update 4 step 256/256 return 13.00")
+
+
+def test_plot_groups_runs_by_config_over_seeds(tmp_path, capsys, caplog):
+    from PIL import Image
+
+    from ppo_core.runplot import bootstrap_band, group_runs
+
+    runs = []
+    for name, seed, lr in (("a-s1", 1, 3e-4), ("a-s2", 2, 3e-4), ("b-s1", 1, 1e-3)):
+        T.train(_small(total_steps=192, seed=seed, learning_rate=lr, eval_every_steps=64, eval_episodes=2),
+                tmp_path / name)
+        runs.append(tmp_path / name)
+    assert {k: [p.name for p in v] for k, v in group_runs(runs).items()} == {"a": ["a-s1", "a-s2"], "b": ["b-s1"]}
+    out = tmp_path / "plot.png"
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="ppo_core.plot"):
+        assert cli.main(["plot", *map(str, runs), "--out", str(out), "--metric", "episode_return",
+                         "--metric", "eval_mean_return", "--metric", "eval_success_rate"]) == 0
+    printed = capsys.readouterr().out
+    assert "episode_return, eval_mean_return of a (2 runs), b (1 run)" in printed
+    assert "has no eval_success_rate" in caplog.text  # CartPole reports no success: skipped, with a warning
+    with Image.open(out) as im:
+        assert im.size[0] > 500
+    # default panels: the training return and, without success, the held-out return
+    assert cli.main(["plot", str(runs[0]), "--out", str(tmp_path / "d.png")]) == 0
+    assert "episode_return, eval_mean_return" in capsys.readouterr().out
+    assert cli.main(["plot", str(runs[0]), "--out", str(tmp_path / "x.png"), "--metric", "nope"]) == 1
+    # the band: a mean over seeds with a percentile bootstrap interval around it; one seed has none
+    values = np.array([[0.0, 1.0], [2.0, 1.0], [4.0, np.nan]])
+    mean, low, high = bootstrap_band(values)
+    assert mean.tolist() == [2.0, 1.0] and low[0] < 2.0 < high[0] and low[1] == high[1] == 1.0
+    assert 0.0 <= low[0] and high[0] <= 4.0

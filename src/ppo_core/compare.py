@@ -267,12 +267,9 @@ def load_curves(label: str, seeds: Sequence[int], label_dir: Path) -> Curves:
 # -- statistics -------------------------------------------------------------------
 
 
-def _band(steps: Sequence[Any], values: Sequence[Any]) -> Tuple[Any, Any, Any]:
-    """Seed curves on the union of their steps -> (grid, mean, std); NaN where no seed has a
-    value. The std is the sample std over the seeds that have one (ddof = 1, as in
-    summary.csv), 0 where only one seed has."""
-    import warnings
-
+def seed_grid(steps: Sequence[Any], values: Sequence[Any]) -> Tuple[Any, Any]:
+    """Seed curves on the union of their steps -> ``(grid, array (seeds, grid))``: each seed
+    linearly interpolated between its own first and last finite values, NaN outside them."""
     import numpy as np
 
     grid = np.unique(np.concatenate([np.asarray(s, float) for s in steps])) if steps else np.zeros(0)
@@ -285,9 +282,20 @@ def _band(steps: Sequence[Any], values: Sequence[Any]) -> Tuple[Any, Any, Any]:
             inside = (grid >= s[ok][0]) & (grid <= s[ok][-1])
             row[inside] = np.interp(grid[inside], s[ok], v[ok])
         stack.append(row)
+    return grid, (np.array(stack) if stack else np.zeros((0, 0)))
+
+
+def _band(steps: Sequence[Any], values: Sequence[Any]) -> Tuple[Any, Any, Any]:
+    """Seed curves on the union of their steps -> (grid, mean, std); NaN where no seed has a
+    value. The std is the sample std over the seeds that have one (ddof = 1, as in
+    summary.csv), 0 where only one seed has."""
+    import warnings
+
+    import numpy as np
+
+    grid, arr = seed_grid(steps, values)
     with warnings.catch_warnings():  # all-NaN columns (before the first finished episode) stay NaN
         warnings.simplefilter("ignore", RuntimeWarning)
-        arr = np.array(stack) if stack else np.zeros((0, 0))
         mean = np.nanmean(arr, axis=0)
         count = np.isfinite(arr).sum(axis=0)
         std = np.where(count > 1, np.nanstd(arr, axis=0, ddof=1), np.where(count == 1, 0.0, np.nan))

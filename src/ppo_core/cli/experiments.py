@@ -20,7 +20,7 @@ from ppo_core.gradvar import (DEFAULT_LAMS, GRADVAR_COLUMNS, load_snapshot, meas
 
 from ppo_core.envs.registry import family_entry
 
-from .common import (CLIError, _add_family_options, _add_settings_options, _check_family_flags, _family_flags, _non_negative_int,
+from .common import (CLIError, _add_family_options, _add_settings_options, _check_writable, _check_family_flags, _family_flags, _non_negative_int,
                      _positive_float, _positive_int, _Progress, _require_family, _unit_float)
 
 __all__ = ["add_parsers"]
@@ -175,9 +175,39 @@ def gradvar_command(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    """Register ``compare``, ``lrsweep`` and ``gradvar`` on the CLI's subparsers."""
+    """Register ``compare``, ``lrsweep``, ``gradvar`` and ``plot`` on the CLI's subparsers."""
     _add_compare_parsers(sub)
     _add_gradvar_parser(sub)
+    _add_plot_parser(sub)
+
+
+def _add_plot_parser(sub: Any) -> None:
+    p = sub.add_parser("plot", help="plot runs against steps: mean over seeds with a bootstrap 95%% band",
+                       description="Draw metrics.csv columns of several runs against environment steps. Runs "
+                                   "whose configs differ only in the seed form one group, drawn as the mean "
+                                   "over its seeds with a percentile-bootstrap 95%% band (one seed: a line). "
+                                   "Default panels: the training return and the held-out success rate (or "
+                                   "held-out return where no run reports success).")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="the PNG to write")
+    p.add_argument("--metric", action="append", metavar="COLUMN",
+                   help="a metrics.csv column to draw (repeatable; default: episode_return and held-out success)")
+    p.add_argument("--title", help="the figure's title")
+    p.set_defaults(run=plot_command)
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    """``ppo-core plot``."""
+    from ppo_core.runplot import plot_runs
+
+    _check_writable(args.out, "--out")
+    try:
+        result = plot_runs(args.run_dirs, args.out, args.metric, title=args.title)
+    except ValueError as e:
+        raise CLIError(str(e), code=1) from None
+    groups = ", ".join(f"{k} ({len(v)} run{'s' if len(v) > 1 else ''})" for k, v in result["groups"].items())
+    print(f"wrote {args.out}: {', '.join(result['metrics'])} of {groups}")
+    return 0
 
 
 def _add_compare_parsers(sub: Any) -> None:

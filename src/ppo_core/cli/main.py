@@ -26,7 +26,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ppo-core", description="PPO on the ppo_core kernels.")
-    sub = parser.add_subparsers(dest="command", metavar="{train,eval,export,config,verify,bench,compare,lrsweep,gradvar}",
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,export,config,verify,bench,compare,lrsweep,gradvar,plot}",
                                 parser_class=_Parser)
     sub.required = True
 
@@ -398,7 +398,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return {"train": _train, "eval": _eval, "config": _config, "export": _export, "verify": _verify, "compare": _tutorial, "lrsweep": _tutorial,
-                "gradvar": _tutorial, "bench": _bench}[args.command](args)
+                "gradvar": _tutorial, "plot": _tutorial, "bench": _bench}[args.command](args)
     except CLIError as e:
         print(f"ppo-core: error: {e}", file=sys.stderr)
         return e.code
