@@ -1434,3 +1434,39 @@ def test_plot_groups_runs_by_config_over_seeds(tmp_path, capsys, caplog):
     mean, low, high = bootstrap_band(values)
     assert mean.tolist() == [2.0, 1.0] and low[0] < 2.0 < high[0] and low[1] == high[1] == 1.0
     assert 0.0 <= low[0] and high[0] <= 4.0
+
+
+def test_tensorboard_is_asked_for_and_a_resume_leaves_no_step_twice(tmp_path, capsys, monkeypatch):
+    assert "tensorboard" not in T.preset("CartPole-v1").logger  # only when asked for
+    with pytest.raises(T.ConfigError, match="'logger' must be"):
+        _small(logger="tensorboard")
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    code = cli.main(["train", "--env", "CartPole-v1", "--logger", "csv,tensorboard", "--set", "total_steps=64",
+                     "--out", str(tmp_path / "none"), "--quiet"])
+    assert code == 1 and 'pip install "ppo_core[tensorboard]"' in capsys.readouterr().err
+    monkeypatch.undo()
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+
+    def interrupt_after_update_3(trainer, row):
+        if trainer.update == 3:
+            raise KeyboardInterrupt
+
+    trainer = T.Trainer(_small(total_steps=256, checkpoint_every=2, logger="csv,tensorboard"), run,
+                        callbacks=[interrupt_after_update_3])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()  # checkpoint at step 128; rows and events up to 192
+    resumed = T.Trainer.resume(run)
+    resumed.train()
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    steps = [e.step for e in acc.Scalars("ppo/episode_return")]
+    assert steps == [64, 128, 192, 256]
+    assert [int(r["step"]) for r in read_metrics(run / "metrics.csv")] == [64, 128, 192, 256]

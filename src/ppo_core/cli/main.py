@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run from its latest checkpoint (only --total-steps may be given with it)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
+    t.add_argument("--logger", metavar="csv[,tensorboard]",
+                   help="where metrics go: csv (metrics.csv, always) and tensorboard (tb/; the 'tensorboard' "
+                        "extra); may change on --resume")
     _add_settings_options(t, resume=True)
     _add_family_options(t, "train")
 
@@ -153,6 +156,8 @@ def _train(args: argparse.Namespace) -> int:
         changes = T.parse_set(args.set or [])
         if args.total_steps is not None:
             changes["total_steps"] = args.total_steps
+        if args.logger is not None:
+            changes["logger"] = args.logger
         trainer = T.Trainer.resume(args.resume, changes=changes)
         if trainer.finished:
             trainer.close()
@@ -163,7 +168,8 @@ def _train(args: argparse.Namespace) -> int:
         run_dir = args.resume
     else:
         overrides: Dict[str, Any] = T.parse_set(args.set or [])  # the named flags go over --set
-        for key in ("total_steps", "num_envs", "seed", "backend", "ray_address", "num_workers", "envs_per_worker"):
+        for key in ("total_steps", "num_envs", "seed", "backend", "ray_address", "num_workers", "envs_per_worker",
+                    "logger"):
             if getattr(args, key) is not None:
                 overrides[key] = getattr(args, key)
         if args.async_envs:

@@ -1,8 +1,8 @@
 """Atomic checkpoints and run-directory layout.
 
 A run directory holds ``config.toml`` (or ``config.json``), ``metrics.csv``,
-``learning_curve.png``, ``checkpoints/step_<step>.pt`` and, when tensorboard is
-installed, ``tb/``. Checkpoints are written to a temporary file in the same
+``learning_curve.png``, ``checkpoints/step_<step>.pt`` (and ``checkpoints/best.pt`` with
+periodic evaluation) and, with ``logger = "csv,tensorboard"``, ``tb/``. Checkpoints are written to a temporary file in the same
 directory, fsynced, then renamed over (``os.replace`` is atomic on POSIX), so
 a SIGKILL at any moment leaves every ``step_*.pt`` complete: a half-written
 file only ever exists under a ``.tmp`` name that loading ignores.

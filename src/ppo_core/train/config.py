@@ -13,6 +13,7 @@ TOML has no null, so "off" for an optional number is written as 0
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import os
@@ -149,6 +150,12 @@ class PPOConfig:
     torch_threads: int = 1
     """Threads of torch's intra-op pool; 1 suits small MLPs on a 2-core machine and leaves a core to the envs."""
 
+    logger: str = "csv"
+    """Where the metrics rows go, comma-separated: ``csv`` (``metrics.csv``, always on: resume,
+    plots and the learning curve read it) and ``tensorboard`` (event files in ``tb/``; the
+    ``tensorboard`` extra). A resumed run hides the events it writes again (TensorBoard's
+    ``purge_step``), so no step appears twice."""
+
     checkpoint_every: int = 10
     """Write a checkpoint and redraw the learning curve every this many updates (and at the end)."""
 
@@ -246,6 +253,14 @@ class PPOConfig:
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ConfigError(f"config key {name!r} must be >= 0, got {getattr(self, name)!r}")
+        loggers = [x.strip() for x in self.logger.split(",") if x.strip()]
+        unknown = sorted(set(loggers) - {"csv", "tensorboard"})
+        if unknown or "csv" not in loggers:
+            raise ConfigError(f"config key 'logger' must be 'csv' or 'csv,tensorboard' (metrics.csv is always "
+                              f"written), got {self.logger!r}")
+        if "tensorboard" in loggers and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("config key 'logger': 'tensorboard' needs the tensorboard package: "
+                              'pip install "ppo_core[tensorboard]"')
         if not 0.0 <= self.stop_at_success <= 1.0:
             raise ConfigError(f"config key 'stop_at_success' must be in [0, 1] (0: off), got {self.stop_at_success!r}")
         for name in ("gamma", "lam"):

@@ -17,7 +17,7 @@ __all__ = ["parse_set", "parse_env_kwargs", "RESUMABLE", "field_kind"]
 #: Keys a resumed run may change: they change how long it runs, how often it is evaluated
 #: and checkpointed, and what it logs, not what it learns from a given batch.
 RESUMABLE = ("total_steps", "eval_every_steps", "eval_episodes", "eval_workers", "checkpoint_every",
-             "keep_checkpoints", "max_env_restarts")
+             "keep_checkpoints", "max_env_restarts", "logger")
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}

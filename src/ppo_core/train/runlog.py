@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import math
 import os
@@ -57,14 +56,18 @@ def read_metrics(path: os.PathLike) -> List[Dict[str, str]]:
 
 
 class MetricsLog:
-    """Appends rows to metrics.csv (flushed per row) and, if tensorboard is installed, to ``tb/``.
+    """Appends rows to metrics.csv (flushed per row) and, with ``tensorboard=True``, to ``tb/``.
 
     On resume, rows after the checkpoint's step (written by the interrupted run
-    after its last checkpoint) are dropped, so each step appears once.
+    after its last checkpoint) are dropped, so each step appears once; in TensorBoard
+    the events after that step are purged (hidden) the same way.
     """
 
-    def __init__(self, run_dir: os.PathLike, resume_step: Optional[int] = None) -> None:
+    def __init__(self, run_dir: os.PathLike, resume_step: Optional[int] = None, *,
+                 tensorboard: bool = False) -> None:
         self.run_dir = Path(run_dir)
+        self.tensorboard = tensorboard
+        self.resume_step = resume_step
         self.path = self.run_dir / "metrics.csv"
         self.rows: List[Dict[str, str]] = []
         if resume_step is not None and self.path.is_file():
@@ -87,10 +90,11 @@ class MetricsLog:
     def _open(self) -> None:
         self._file = open(self.path, "a", newline="")
         self._writer = csv.DictWriter(self._file, METRICS_COLUMNS, extrasaction="ignore")
-        if importlib.util.find_spec("tensorboard") is not None:
+        if self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+            purge = None if self.resume_step is None else self.resume_step + 1
+            self._tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=purge)
 
     def log(self, row: Dict[str, Any]) -> None:
         if self._file is None:

@@ -171,7 +171,8 @@ class Trainer:
 
         try:
             save_config(config, self.run_dir / "config.toml")
-            self.metrics = MetricsLog(self.run_dir, resume_step=self.global_step if _resume_state else None)
+            self.metrics = MetricsLog(self.run_dir, resume_step=self.global_step if _resume_state else None,
+                                      tensorboard="tensorboard" in config.logger)
         except OSError as e:
             self.source.close()
             raise RunDirError(ckpt.run_dir_error(self.run_dir, e)) from None
