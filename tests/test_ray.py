@@ -168,7 +168,10 @@ def test_ctrl_c_leaves_no_ray_process_behind(tmp_path):
                              "--total-steps", "10000000", "--num-envs", "2", "--backend", "ray",
                              "--num-workers", "2", "--out", str(tmp_path / "run"), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True,
+                            # a user's terminal delivers Ctrl-C; a parent started in the background
+                            # (a CI runner, `cmd &`) would have the child ignore it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     metrics = tmp_path / "run" / "metrics.csv"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) > 2):
