@@ -59,7 +59,7 @@ def _recipe(rewards, values, final_values, last_value, terminated, truncated, ga
 
     scope = {"torch": torch, "rewards": rewards, "values": values, "final_values": final_values,
              "terminated": terminated, "truncated": truncated, "agent": Agent(), "next_obs": "next_obs",
-             "args": SimpleNamespace(gamma=gamma, gae_lambda=lam)}
+             "args": SimpleNamespace(gamma=gamma, gae_lambda=lam), "device": torch.device("cpu")}
     exec(compile(block, str(RECIPES), "exec"), scope)
     return scope["advantages"], scope["returns"]
 

@@ -1160,6 +1160,7 @@ def test_set_reads_every_config_field_by_its_type():
     ("hidden_sizes=a,b", "hidden_sizes takes a list of integers"),
     ("env_kwargs=[1]", "env_kwargs takes a JSON object"),
     ("seed", "--set 'seed': expected KEY=VALUE"),
+    ("env_id=CartPole-v1", "name the environment with --env"),
 ])
 def test_set_refuses_in_one_line_naming_the_key(item, message):
     from ppo_core.train.overrides import parse_set
@@ -1312,9 +1313,15 @@ def test_best_checkpoint_follows_held_out_return_and_loads_by_name(tmp_path, cap
     assert cli.main(["eval", str(run), "--checkpoint", "best", "--episodes", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["step"] == policy.step
     assert cli.main(["export", str(run), "--checkpoint", "best", "--out", str(tmp_path / "best.pt")]) == 0
-    # a resume keeps comparing against the best so far
+    # a resume keeps comparing against the best so far, also when best.pt is newer than the
+    # last step checkpoint (an evaluation between two checkpoints)
     resumed = T.Trainer.resume(run, total_steps=576)
     assert resumed.best == state["best"]
+    resumed.close()
+    state["best"] = {"step": 64, "score": [-1.0]}
+    torch.save(state, ckpt.latest_checkpoint(run))
+    resumed = T.Trainer.resume(run, total_steps=576)
+    assert resumed.best == {"step": policy.step, "score": [max(returns)]}
     resumed.close()
 
 
@@ -1347,6 +1354,9 @@ def test_a_run_stops_at_its_target_success(tmp_path, monkeypatch, capsys):
     assert ckpt.latest_checkpoint(run).name == f"step_{int(first_hit['step']):012d}.pt"
     with pytest.raises(T.ConfigError, match="stop_at_success"):
         _small(stop_at_success=1.5)
+    # the target may be changed (or turned off) on resume
+    assert cli.main(["train", "--resume", str(run), "--set", "stop_at_success=0", "--quiet"]) == 0
+    assert int(read_metrics(run / "metrics.csv")[-1]["step"]) == 640
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
@@ -1448,6 +1458,9 @@ def test_tensorboard_is_asked_for_and_a_resume_leaves_no_step_twice(tmp_path, ca
     code = cli.main(["train", "--env", "CartPole-v1", "--logger", "csv,tensorboard", "--set", "total_steps=64",
                      "--out", str(tmp_path / "none"), "--quiet"])
     assert code == 1 and 'pip install "ppo_core[tensorboard]"' in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+    # a run that logged to TensorBoard still loads where tensorboard is not installed
+    assert _small(logger="csv,tensorboard").logger == "csv,tensorboard"
     monkeypatch.undo()
 
     pytest.importorskip("tensorboard")

@@ -75,6 +75,8 @@ def bootstrap_band(values: Any, *, resamples: int = 2000, seed: int = 0) -> Tupl
 def _column(run: Path, metric: str) -> Optional[Tuple[List[float], List[float]]]:
     from .train.runlog import read_metrics
 
+    if not (run / "metrics.csv").is_file():
+        return None
     rows = read_metrics(run / "metrics.csv")
     if not rows or metric not in rows[0]:
         return None

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, NoReturn, Optional
 
 from ppo_core.envs.registry import FAMILIES, family_entry
 
-_TRAIN_MODULES = {"torch": "torch", "gymnasium": "gymnasium", "matplotlib": "matplotlib", "tomli_w": "tomli-w"}
+_TRAIN_MODULES = {"torch": "torch", "gymnasium": "gymnasium", "matplotlib": "matplotlib", "tomli_w": "tomli-w",
+                  "tqdm": "tqdm", "PIL": "pillow"}
 
 
 class CLIError(Exception):
@@ -106,7 +107,7 @@ def _add_settings_options(p: argparse.ArgumentParser, *, resume: bool = False) -
                         "learning_rate=1e-3 --set hidden_sizes=64,64; see `ppo-core config show`)"
                         + ("; with --resume only the keys that do not change learning: total_steps, "
                            "eval_every_steps, eval_episodes, eval_workers, checkpoint_every, keep_checkpoints, "
-                           "max_env_restarts, logger" if resume else ""))
+                           "max_env_restarts, logger, stop_at_success" if resume else ""))
     p.add_argument("--env-kwargs", action="append", metavar="KEY=VALUE",
                    help="an environment keyword (repeatable; the value is read as JSON when it is JSON), or "
                         "one JSON object; merged into the config's env_kwargs")

@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --backend ray: environments per actor (default num_envs / K)")
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/ENV-seedS-TIME)")
     t.add_argument("--resume", metavar="RUN_DIR",
-                   help="continue a run from its latest checkpoint (only --total-steps may be given with it)")
+                   help="continue a run from its latest checkpoint (with it only --total-steps, --logger and "
+                        "--set for the keys that do not change learning)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     t.add_argument("--logger", metavar="csv[,tensorboard]",
                    help="where metrics go: csv (metrics.csv, always) and tensorboard (tb/; the 'tensorboard' "

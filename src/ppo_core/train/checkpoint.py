@@ -67,7 +67,7 @@ def list_checkpoints(run_dir: Union[str, os.PathLike]) -> List[Path]:
     return [p for _, p in sorted(found)]
 
 
-_PARTIAL = re.compile(r"^\.step_\d+\.pt\.\d+\.tmp$")
+_PARTIAL = re.compile(r"^\.(step_\d+|best)\.pt\.\d+\.tmp$")
 
 
 def remove_partial_checkpoints(run_dir: Union[str, os.PathLike]) -> List[Path]:

@@ -13,7 +13,6 @@ TOML has no null, so "off" for an optional number is written as 0
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -258,9 +257,6 @@ class PPOConfig:
         if unknown or "csv" not in loggers:
             raise ConfigError(f"config key 'logger' must be 'csv' or 'csv,tensorboard' (metrics.csv is always "
                               f"written), got {self.logger!r}")
-        if "tensorboard" in loggers and importlib.util.find_spec("tensorboard") is None:
-            raise ConfigError("config key 'logger': 'tensorboard' needs the tensorboard package: "
-                              'pip install "ppo_core[tensorboard]"')
         if not 0.0 <= self.stop_at_success <= 1.0:
             raise ConfigError(f"config key 'stop_at_success' must be in [0, 1] (0: off), got {self.stop_at_success!r}")
         for name in ("gamma", "lam"):
@@ -342,6 +338,15 @@ class PPOConfig:
     def replace(self, **changes: Any) -> "PPOConfig":
         """A validated copy with some fields changed."""
         return self.from_dict({**self.to_dict(), **changes}, source="override")
+
+
+def __getattr__(name: str) -> Any:
+    # Kept for older callers: the MetaDrive preset's env_kwargs now live with the family.
+    if name == "METADRIVE_ENV_KWARGS":
+        from ppo_core.envs.metadrive.family import ENV_KWARGS
+
+        return dict(ENV_KWARGS)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def preset(env_id: str = DEFAULT_ENV) -> PPOConfig:

@@ -22,13 +22,19 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import gymnasium
 from gymnasium.vector import AsyncVectorEnv, AutoresetMode, SyncVectorEnv
 
-from ppo_core.envs.registry import get_family
+from ppo_core.envs.registry import family_name, get_family
 
 from .errors import ConfigError
 
-__all__ = ["make_vector_env", "episode_metrics_fns"]
+__all__ = ["make_vector_env", "episode_metrics_fns", "env_family"]
 
 EnvFactory = Callable[[], gymnasium.Env]
+
+
+def env_family(env_id: str) -> Optional[str]:
+    """The name of the env family serving ``env_id``, or None (kept for older callers:
+    :func:`ppo_core.envs.registry.family_name`)."""
+    return family_name(env_id)
 
 
 def _single_thread_worker() -> None:

@@ -98,6 +98,7 @@ def export_policy(policy: Policy, path: Union[str, os.PathLike], fmt: str = "tor
                     # torch 2.13 marks torch.jit deprecated; TorchScript files still load everywhere
                     # torch does (C++ libtorch included), which is why it is offered next to ONNX.
                     warnings.simplefilter("ignore", DeprecationWarning)
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)  # constant shapes are what we want
                     traced = torch.jit.trace(module, example, check_trace=False)
                     buf = io.BytesIO()
                     torch.jit.save(traced, buf)

@@ -17,7 +17,7 @@ __all__ = ["parse_set", "parse_env_kwargs", "RESUMABLE", "field_kind"]
 #: Keys a resumed run may change: they change how long it runs, how often it is evaluated
 #: and checkpointed, and what it logs, not what it learns from a given batch.
 RESUMABLE = ("total_steps", "eval_every_steps", "eval_episodes", "eval_workers", "checkpoint_every",
-             "keep_checkpoints", "max_env_restarts", "logger")
+             "keep_checkpoints", "max_env_restarts", "logger", "stop_at_success")
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -99,6 +99,8 @@ def parse_set(items: Sequence[str], flag: str = "--set") -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for item in items:
         key, text = _split(item, flag)
+        if key == "env_id":  # the env chooses the preset: it is named first, not overridden
+            raise ConfigError(f"{flag} env_id: name the environment with --env (it chooses the env's preset)")
         if key not in fields:
             close = [n for n in fields if key.replace("-", "_") == n or key in n]
             hint = f" (did you mean {', '.join(close[:3])}?)" if close else " (see: ppo-core config show)"

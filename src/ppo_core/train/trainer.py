@@ -15,6 +15,7 @@ Data flows one way: rollout source -> :class:`~.rollout.Rollout` -> the update
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import math
 import os
@@ -169,10 +170,20 @@ class Trainer:
             source.close()
             raise
 
+        tensorboard = "tensorboard" in config.logger
+        if tensorboard and importlib.util.find_spec("tensorboard") is None:
+            self.source.close()
+            raise ConfigError("config key 'logger': 'tensorboard' needs the tensorboard package: "
+                              'pip install "ppo_core[tensorboard]"')
+        if (not tensorboard and _resume_state is not None and (self.run_dir / "tb").is_dir()
+                and importlib.util.find_spec("tensorboard") is not None):
+            # a run from before `logger` existed wrote events whenever tensorboard was installed
+            logger.info("%s has TensorBoard events (tb/): they go on being written", self.run_dir)
+            tensorboard = True
         try:
             save_config(config, self.run_dir / "config.toml")
             self.metrics = MetricsLog(self.run_dir, resume_step=self.global_step if _resume_state else None,
-                                      tensorboard="tensorboard" in config.logger)
+                                      tensorboard=tensorboard)
         except OSError as e:
             self.source.close()
             raise RunDirError(ckpt.run_dir_error(self.run_dir, e)) from None
@@ -264,6 +275,16 @@ class Trainer:
         self.update = int(state["update"])
         self.elapsed = float(state["elapsed"])
         self.best = dict(state.get("best") or {})
+        best_file = ckpt.best_checkpoint(self.run_dir)
+        if best_file is not None:  # an evaluation after the last step checkpoint may have written it
+            try:
+                on_file = dict(ckpt.load_checkpoint(best_file).get("best") or {})
+            except Exception as e:  # a damaged best.pt: the next better evaluation replaces it
+                logger.warning("%s does not load (%s); it is replaced at the next best evaluation", best_file,
+                               ckpt.load_error_reason(e))
+                on_file = {}
+            if on_file and (not self.best or tuple(on_file["score"]) > tuple(self.best["score"])):
+                self.best = on_file
         if "policy_loss" in state and hasattr(self.loss, "load_state_dict"):
             self.loss.load_state_dict(state["policy_loss"])
 
@@ -399,12 +420,12 @@ class Trainer:
                         self.save_checkpoint()
                 except OSError as e:
                     raise RunDirError(self._write_failed(e)) from None
+                self.stopped_early = reached and not self.finished
                 for cb in self.callbacks:
                     cb(self, row)
-                if reached and not self.finished:
+                if self.stopped_early:
                     logger.info("held-out success %.3f reached stop_at_success %.3f at step %d: stopping",
                                 eval_row["eval_success_rate"], cfg.stop_at_success, self.global_step)
-                    self.stopped_early = True
                     break
         finally:
             self.close()
