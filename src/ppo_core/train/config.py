@@ -12,6 +12,7 @@ TOML has no null, so "off" for an optional number is written as 0
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -340,12 +341,16 @@ class PPOConfig:
         return self.from_dict({**self.to_dict(), **changes}, source="override")
 
 
-def __getattr__(name: str) -> Any:
-    # Kept for older callers: the MetaDrive preset's env_kwargs now live with the family.
-    if name == "METADRIVE_ENV_KWARGS":
-        from ppo_core.envs.metadrive.family import ENV_KWARGS
+#: Names that moved out of this module, kept for older callers: name -> (module, attribute).
+_MOVED = {"METADRIVE_ENV_KWARGS": ("ppo_core.envs.metadrive.family", "ENV_KWARGS")}
 
-        return dict(ENV_KWARGS)
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        module, attribute = _MOVED[name]
+        return copy.deepcopy(getattr(importlib.import_module(module), attribute))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
