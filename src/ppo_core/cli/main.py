@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a policy (needs the 'train' extra; MetaDrive: the 'metadrive' extra)",
                        description="Train PPO on MetaDrive (the default) or a gymnasium environment. "
                                    "Settings: built-in defaults of the env (MetaDrive: the preset that "
-                                   "configs/metadrive.toml spells out) < --config < --algo < flags.")
+                                   "configs/metadrive.toml spells out) < --config < --algo < --set < "
+                                   "the named flags.")
     t.add_argument("--env", metavar="ENV_ID",
                    help="'metadrive' (default) or a gymnasium id (e.g. CartPole-v1)")
     t.add_argument("--config", metavar="FILE", help="TOML or JSON config file (see configs/)")
