@@ -951,7 +951,7 @@ def test_a_metrics_row_cut_short_by_a_failed_write_is_dropped_on_resume(tmp_path
 
 @pytest.mark.parametrize("setup, argv, match", [
     ("random_config", ["--config", "g.toml"], "not UTF-8 text"),
-    (None, ["--env", "CartPole-v1", "--seed", "100000000000000000000000"], "must be below 2**63"),
+    (None, ["--env", "CartPole-v1", "--seed", "100000000000000000000000"], "below 2**63"),
     ("bogus_kwarg", ["--config", "b.toml"], "env_kwargs key 'bogus': CartPole-v1 does not take it"),
     ("huge_gamma", ["--config", "c.toml"], "config key 'gamma': expected a finite number"),
     ("huge_clip", ["--config", "d.toml"], "config key 'clip_coef': expected a finite number"),
@@ -1167,6 +1167,63 @@ def test_set_refuses_in_one_line_naming_the_key(item, message):
 
     with pytest.raises(T.ConfigError, match=re.escape(message)):
         parse_set([item])
+
+
+def test_the_config_fields_read_without_torch_are_the_dataclass_fields():
+    import dataclasses
+
+    from ppo_core.settings import config_fields
+    from ppo_core.train.overrides import field_kind
+
+    fields, docs = config_fields(), T.field_docs()
+    assert list(fields) == [f.name for f in dataclasses.fields(T.PPOConfig)]
+    for f in dataclasses.fields(T.PPOConfig):
+        read = fields[f.name]
+        assert read.kind == field_kind(f.name), f.name
+        assert read.doc == docs.get(f.name, "") and read.doc, f.name
+        if f.default is not dataclasses.MISSING:
+            assert read.default == f.default and type(read.default) is type(f.default), f.name
+        else:
+            assert read.default is None, f.name
+    code = ("import sys; from ppo_core.cli.main import build_parser; build_parser(); "
+            "print(sorted(k for k in ('torch', 'gymnasium', 'ppo_core.train') if k in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "[]"
+
+
+def test_the_named_config_flags_are_generated_from_the_dataclass(capsys):
+    """Every flag of train / compare / lrsweep / gradvar that sets a config key is made from
+    its field: the flag's name, its help (the docstring's first sentence) and its type."""
+    import argparse
+
+    from ppo_core.cli.main import _TRAIN_CONFIG_FLAGS, build_parser
+    from ppo_core.settings import config_fields
+
+    fields = config_fields()
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    seen = {}
+    for command in ("train", "compare", "lrsweep", "gradvar"):
+        for action in sub.choices[command]._actions:
+            if action.dest not in fields or action.dest == "env_kwargs":  # --env-kwargs merges, typed by the env
+                continue
+            f = fields[action.dest]
+            assert action.option_strings == [f.flag], (command, action.option_strings)
+            assert action.help.startswith(f.summary), (command, f.name)
+            assert action.type.__name__ == f.name, (command, f.name)  # the generated converter
+            seen.setdefault(command, set()).add(f.name)
+    assert seen["train"] == set(_TRAIN_CONFIG_FLAGS)
+    assert {"total_steps", "num_envs", "eval_every_steps", "seed"} <= seen["compare"] == seen["lrsweep"] - {"anneal_lr"}
+    assert {"num_envs", "num_steps", "gamma", "seed"} <= seen["gradvar"]
+    for argv, message in [(["train", "--num-envs", "two"], "num_envs takes an integer, got 'two'"),
+                          (["train", "--async-envs", "maybe"], "async_envs takes true or false"),
+                          (["gradvar", "--gamma", "high", "--out", "x"], "gamma takes a number"),
+                          (["compare", "ppo", "--out", "x"], "--total-steps"),  # required there
+                          ]:
+        code, _, err = _run_cli(capsys, *argv)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    args = build_parser().parse_args(["train", "--async-envs", "--seed", "3"])
+    assert (args.async_envs, args.seed, args.num_envs) == (True, 3, None)
+    assert build_parser().parse_args(["train", "--async-envs", "false"]).async_envs is False
 
 
 def test_env_kwargs_as_pairs_or_json():

@@ -376,10 +376,10 @@ def lrsweep_summary(entry: Entry, curves: Curves, learning_rate: float, threshol
     row = summarize(entry, curves, threshold, None)
     _, mean, _ = _band(curves.steps, curves.returns)
     halves = [np.asarray(r, float)[len(r) // 2:] for r in curves.returns]
-    halves = [float(h[np.isfinite(h)].std()) for h in halves if np.isfinite(h).sum() >= 2]
+    half_stds = [float(h[np.isfinite(h)].std()) for h in halves if np.isfinite(h).sum() >= 2]
     row.update(learning_rate=learning_rate,
                peak_return=float(np.nanmax(mean)) if np.isfinite(mean).any() else math.nan,
-               second_half_std=float(np.mean(halves)) if halves else math.nan)
+               second_half_std=float(np.mean(half_stds)) if half_stds else math.nan)
     return row
 
 

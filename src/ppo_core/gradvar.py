@@ -65,9 +65,13 @@ def load_snapshot(run_dir: Any) -> Snapshot:
     """The latest checkpoint of ``run_dir`` (weights, normalization statistics, config)."""
     from ppo_core.train import checkpoint as ckpt
     from ppo_core.train.agent import load_policy
+    from ppo_core.train.errors import RunDirError
 
     policy = load_policy(run_dir)
-    state = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is None:
+        raise RunDirError(f"{run_dir} has no checkpoint yet")
+    state = ckpt.load_checkpoint(latest)
     scaler = (state["source"] if "source" in state else state)["reward_scaler"]  # older checkpoints: top level
     return Snapshot(policy.net, policy.obs_normalizer, scaler, policy.config, policy.step)
 
@@ -111,7 +115,8 @@ class _FrozenRewards:
         self.var = float(np.asarray(state["rms"]["var"])) if self.enabled else 1.0
         self.clip = clip
 
-    def __call__(self, rewards: Any, done: Any) -> Any:
+    def __call__(self, rewards: Any, done: Any, envs: Optional[slice] = None) -> Any:
+        # ``envs`` (one group's slice): the frozen scaling is the same for every env.
         import numpy as np
 
         rewards = np.asarray(rewards, np.float64)
@@ -172,7 +177,7 @@ def measure(snapshot: Snapshot, *, batches: int, num_envs: int, num_steps: int,
                 abs_adv[k] += float(adv.abs().mean()) / batches
     finally:
         envs.close()
-    rows = []
+    rows: List[Dict[str, Any]] = []
     for k, (name, lam, _) in enumerate(estimators):
         G = np.stack(grads[k])
         mean = G.mean(axis=0)

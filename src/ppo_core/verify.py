@@ -416,13 +416,13 @@ def next_values_from_matches_spec(ro, with_final):
 
 
 @given(minibatches())
-@example((np.float32([0.5, -0.5]), np.float32([0, 0]), np.float32([1, 1]), 1e-50))
+@example((np.array([0.5, -0.5], np.float32), np.array([0, 0], np.float32), np.array([1, 1], np.float32), 1e-50))
 def clipped_surrogate_matches_spec(mb):
     check_clipped_surrogate(*mb)
 
 
 @given(minibatches())
-@example((np.float32([1]), np.float32([0]), np.float32([1]), 1e-50))  # float32 eps = 0
+@example((np.array([1], np.float32), np.array([0], np.float32), np.array([1], np.float32), 1e-50))  # float32 eps = 0
 def clipped_value_loss_matches_spec(mb):
     check_clipped_value_loss(*mb)
 

@@ -267,8 +267,14 @@ class _Run:
 
             rl = [batch_major(x) for x in (r, v, nv, term, done)]
             for name, fn in (("torchrl_loop", B.torchrl_loop), ("torchrl_vec", B.torchrl_vec)):
-                calls[name] = (lambda fn=fn: fn(*rl, GAMMA, LAM))
-                checks[name] = (lambda name=name: [x.squeeze(-1).numpy().T for x in calls[name]()])
+                def call(fn: Callable[..., Any] = fn) -> Any:
+                    return fn(*rl, GAMMA, LAM)
+
+                def check(name: str = name) -> Any:
+                    return [x.squeeze(-1).numpy().T for x in calls[name]()]
+
+                calls[name] = call
+                checks[name] = check
         failed = []
         for impl in impls:
             if impl in checks:

@@ -14,9 +14,10 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, NoReturn, Optional
+from typing import Any, Callable, Dict, List, NoReturn, Optional
 
 from ppo_core.envs.registry import FAMILIES, family_entry
+from ppo_core.settings import RESUMABLE, config_fields, parse_value, what_it_takes
 
 _TRAIN_MODULES = {"torch": "torch", "gymnasium": "gymnasium", "matplotlib": "matplotlib", "tomli_w": "tomli-w",
                   "tqdm": "tqdm", "PIL": "pillow"}
@@ -64,8 +65,9 @@ def _unit_float(text: str) -> float:
     return value
 
 
-_KINDS = {"positive_int": _positive_int, "non_negative_int": _non_negative_int, "unit_float": _unit_float,
-          "path": str}
+_KINDS: Dict[str, Callable[[str], Any]] = {
+    "positive_int": _positive_int, "non_negative_int": _non_negative_int, "unit_float": _unit_float, "path": str,
+}
 
 
 def _add_family_options(p: argparse.ArgumentParser, command: str) -> None:
@@ -100,14 +102,55 @@ def _check_family_flags(flags: Dict[str, Any], env_id: str) -> None:
                            f"(--env {entry.name}), not {env_id!r}")
 
 
+_METAVARS = {"bool": "BOOL", "int": "N", "float": "X", "str": "TEXT", "list of int": "N,N", "table": "JSON"}
+
+
+def _config_value(key: str) -> Callable[[str], Any]:
+    """The argparse type of config key ``key``: its kind from the dataclass, and a message
+    that says what it takes."""
+    kind = config_fields()[key].kind
+
+    def convert(text: str) -> Any:
+        try:
+            return parse_value(kind, text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{key} takes {what_it_takes(kind)}, got {text!r}") from None
+
+    convert.__name__ = key  # argparse names the type in some messages
+    return convert
+
+
+def _add_config_flags(p: Any, keys: Any, *, notes: Optional[Dict[str, str]] = None,
+                      **kwargs: Dict[str, Any]) -> None:
+    """A named flag ``--key-name`` for each config key in ``keys``, generated from
+    :class:`PPOConfig`'s field: the value's type and the help line (the field's docstring,
+    plus ``notes[key]``) come from the dataclass. ``kwargs[key]`` passes argparse options
+    (``required``, ``default``, ``metavar``) for a command whose flag means a little more.
+    A bool flag alone means true (``--async-envs``), or takes a value (``--async-envs false``).
+    ``args.<key>`` is ``None`` when the flag is not given (unless a default is passed)."""
+    fields = config_fields()
+    for key in keys:
+        f = fields[key]
+        options: Dict[str, Any] = {"type": _config_value(key), "metavar": _METAVARS[f.kind],
+                                   "help": f.summary + (f" {notes[key]}" if notes and key in notes else "")}
+        if f.kind == "bool":
+            options.update(nargs="?", const=True, metavar="true|false")
+        options.update(kwargs.get(key, {}))
+        p.add_argument(f.flag, dest=key, **options)
+
+
+def _config_flag_values(args: argparse.Namespace, keys: Any) -> Dict[str, Any]:
+    """The named config flags given on the command line: ``{key: value}``."""
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
 def _add_settings_options(p: argparse.ArgumentParser, *, resume: bool = False) -> None:
     """``--set KEY=VALUE`` for any config key and ``--env-kwargs`` for the environment."""
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set a config key, typed as the config declares it (repeatable; e.g. --set "
                         "learning_rate=1e-3 --set hidden_sizes=64,64; see `ppo-core config show`)"
-                        + ("; with --resume only the keys that do not change learning: total_steps, "
-                           "eval_every_steps, eval_episodes, eval_workers, checkpoint_every, keep_checkpoints, "
-                           "max_env_restarts, logger, stop_at_success" if resume else ""))
+                        + ("; with --resume only the keys that do not change learning: " + ", ".join(RESUMABLE)
+                           if resume else ""))
     p.add_argument("--env-kwargs", action="append", metavar="KEY=VALUE",
                    help="an environment keyword (repeatable; the value is read as JSON when it is JSON), or "
                         "one JSON object; merged into the config's env_kwargs")

@@ -7,6 +7,7 @@ Standard library only at import time; the experiments' modules are imported when
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -20,7 +21,7 @@ from ppo_core.gradvar import (DEFAULT_LAMS, GRADVAR_COLUMNS, load_snapshot, meas
 
 from ppo_core.envs.registry import family_entry
 
-from .common import (CLIError, _add_family_options, _add_settings_options, _check_writable, _check_family_flags, _family_flags, _non_negative_int,
+from .common import (CLIError, _add_config_flags, _add_family_options, _config_flag_values, _add_settings_options, _check_writable, _check_family_flags, _family_flags, _non_negative_int,
                      _positive_float, _positive_int, _Progress, _require_family, _unit_float)
 
 __all__ = ["add_parsers"]
@@ -36,11 +37,8 @@ def _progress(args: argparse.Namespace) -> Any:
 def _prepare(args: argparse.Namespace) -> Tuple[Any, List[Entry], List[int], Path]:
     from ppo_core import train as T
 
-    overrides: Dict[str, Any] = {**T.parse_set(args.set or []), "total_steps": args.total_steps}
-    if args.num_envs is not None:
-        overrides["num_envs"] = args.num_envs
-    if args.eval_every_steps is not None:
-        overrides["eval_every_steps"] = args.eval_every_steps
+    overrides: Dict[str, Any] = {**T.parse_set(args.set or []),
+                                 **_config_flag_values(args, ("total_steps", "num_envs", "eval_every_steps"))}
     env_flags = {**T.parse_env_kwargs(args.env_kwargs or []), **_family_flags(args)}
     base = base_config(args.env, args.config, overrides, env_flags)
     _check_family_flags(_family_flags(args), base.env_id)
@@ -116,19 +114,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="shared base config (e.g. configs/cartpole.toml): environment, network, batch, "
                         "learning rate; each algorithm's keys go over it")
-    p.add_argument("--total-steps", type=_positive_int, required=True, metavar="N",
-                   help="environment steps of every run (rounded up to whole rollouts)")
+    _add_config_flags(p, ("total_steps", "num_envs", "eval_every_steps"),
+                      notes={"total_steps": "The budget of every run.",
+                             "num_envs": "Of every run.",
+                             "eval_every_steps": "Default: the config's (MetaDrive 200000); on MetaDrive the "
+                                                 "held-out success rate is the second panel."},
+                      total_steps={"required": True})
     p.add_argument("--seeds", type=_positive_int, default=3, metavar="K", help="seeds per algorithm (default 3)")
-    p.add_argument("--seed", type=_non_negative_int, default=1, metavar="S",
-                   help="first seed; runs use S..S+K-1 (default 1)")
-    p.add_argument("--num-envs", type=_positive_int, metavar="K", help="parallel environments of every run")
+    _add_config_flags(p, ("seed",), notes={"seed": "The first seed: runs use S..S+K-1 (default 1)."},
+                      seed={"default": 1, "metavar": "S"})
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (runs are kept in DIR/runs)")
     p.add_argument("--threshold", type=float, metavar="R",
                    help="return that counts as solved, for steps-to-threshold (default: the env's "
                         "gymnasium reward_threshold, e.g. 475 for CartPole-v1; none for MetaDrive)")
-    p.add_argument("--eval-every-steps", type=_non_negative_int, metavar="N",
-                   help="held-out evaluation every N steps and at the end (0 = off; default: the config's, "
-                        "MetaDrive 200000); on MetaDrive its success rate is the second panel")
     p.add_argument("--quiet", action="store_true", help="no per-update progress")
     _add_settings_options(p)
     _add_family_options(p, "compare")
@@ -156,9 +154,9 @@ def gradvar_command(args: argparse.Namespace) -> int:
               f"into {out / 'snapshot'}", file=sys.stderr, flush=True)
         snapshot = train_snapshot(config, out / "snapshot")
         source = str(out / "snapshot")
-    cfg = snapshot.config
-    num_envs = args.num_envs or cfg.num_envs
-    num_steps = args.num_steps or cfg.num_steps
+    # the flags checked as config keys (a bad value names its key), over the snapshot's
+    cfg = dataclasses.replace(snapshot.config, **_config_flag_values(args, ("num_envs", "num_steps", "gamma", "seed")))
+    num_envs, num_steps = cfg.num_envs, cfg.num_steps
     print(f"{args.batches} batches of {num_envs} x {num_steps} steps with the policy of {source} "
           f"(step {snapshot.step})", file=sys.stderr, flush=True)
     rows = measure(snapshot, batches=args.batches, num_envs=num_envs, num_steps=num_steps, lams=args.lams,
@@ -233,8 +231,8 @@ def _add_compare_parsers(sub: Any) -> None:
     s.add_argument("--learning-rates", "--lrs", type=_positive_float, nargs="+",
                    default=[3e-4, 1e-3, 3e-3, 1e-2], metavar="LR",
                    help="learning rates (default 3e-4 1e-3 3e-3 1e-2)")
-    s.add_argument("--anneal-lr", action="store_true",
-                   help="keep the config's linear decay of the learning rate (default: constant rate)")
+    _add_config_flags(s, ("anneal_lr",), notes={"anneal_lr": "lrsweep's default: false (a constant rate)."},
+                      anneal_lr={"default": False})
     s.set_defaults(run=lrsweep_command, success_threshold=None)
 
 
@@ -255,13 +253,12 @@ def _add_gradvar_parser(sub: Any) -> None:
                    help="steps to train the snapshot for (default 20000)")
     g.add_argument("--batches", type=_positive_int, default=32, metavar="M",
                    help="independent batches (default 32)")
-    g.add_argument("--num-envs", type=_positive_int, metavar="K", help="envs per batch (default: the config's)")
-    g.add_argument("--num-steps", type=_positive_int, metavar="T",
-                   help="steps per env per batch (default: the config's)")
+    _add_config_flags(g, ("num_envs", "num_steps"), notes={"num_envs": "Envs of each batch (default: the config's).",
+                                                          "num_steps": "Of each batch (default: the config's)."})
     g.add_argument("--lams", type=_unit_float, nargs="+", default=list(DEFAULT_LAMS), metavar="LAMBDA",
                    help="GAE lambdas (default 0 0.9 0.95 1)")
-    g.add_argument("--gamma", type=_unit_float, metavar="G", help="discount (default: the snapshot's)")
-    g.add_argument("--seed", type=_non_negative_int, default=1, metavar="S", help="seed (default 1)")
+    _add_config_flags(g, ("gamma", "seed"), notes={"gamma": "Default: the snapshot's.", "seed": "Default 1."},
+                      seed={"default": 1})
     g.add_argument("--out", required=True, metavar="DIR", help="output directory")
     g.set_defaults(run=gradvar_command)
 

@@ -17,11 +17,17 @@ from typing import Any, Dict, List, Optional
 from . import experiments
 from ppo_core.envs.registry import DEFAULT_ENV, family_entry
 
-from .common import (_TRAIN_MODULES, CLIError, _add_family_options, _add_settings_options, _check_creatable, _check_family_flags,
+from .common import (_TRAIN_MODULES, CLIError, _add_config_flags, _add_family_options, _add_settings_options,
+                     _config_flag_values, _check_creatable, _check_family_flags,
                      _check_writable, _family_flags, _flag, _non_negative_int, _Parser, _positive_int, _Progress,
                      _require, _require_family, _setup_logging, _write_jsonl)
 
 __all__ = ["build_parser", "main"]
+
+#: The config keys `ppo-core train` offers as named flags (generated from PPOConfig's
+#: fields; every other key is reachable with --set). With --resume only the RESUMABLE ones.
+_TRAIN_CONFIG_FLAGS = ("total_steps", "num_envs", "seed", "async_envs", "backend", "ray_address", "num_workers",
+                       "envs_per_worker", "logger")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,26 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--algo", metavar="NAME",
                    help="algorithm preset: reinforce, reinforce-baseline, a2c or ppo (configs/algos/); sets "
                         "only the algorithm's keys, over --config's and under the other flags")
-    t.add_argument("--total-steps", type=_non_negative_int, metavar="N",
-                   help="environment steps, rounded up to whole rollouts (at least one update)")
-    t.add_argument("--num-envs", type=_positive_int, metavar="K", help="parallel environments")
-    t.add_argument("--seed", type=_non_negative_int, metavar="S", help="random seed")
-    t.add_argument("--async-envs", action="store_true", help="step environments in subprocesses")
-    t.add_argument("--backend", choices=("local", "ray"),
-                   help="where the environments run: local (default) or ray (Ray actors; the 'ray' extra)")
-    t.add_argument("--ray-address", metavar="ADDRESS",
-                   help="with --backend ray: join this Ray cluster (default: start a local Ray instance)")
-    t.add_argument("--num-workers", type=_positive_int, metavar="K", help="with --backend ray: rollout actors")
-    t.add_argument("--envs-per-worker", type=_positive_int, metavar="M",
-                   help="with --backend ray: environments per actor (default num_envs / K)")
+    _add_config_flags(t, _TRAIN_CONFIG_FLAGS, notes={"async_envs": "(MetaDrive always does.)",
+                                                     "logger": "May change on --resume."})
     t.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/ENV-seedS-TIME)")
     t.add_argument("--resume", metavar="RUN_DIR",
                    help="continue a run from its latest checkpoint (with it only --total-steps, --logger and "
                         "--set for the keys that do not change learning)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
-    t.add_argument("--logger", metavar="csv[,tensorboard]",
-                   help="where metrics go: csv (metrics.csv, always) and tensorboard (tb/; the 'tensorboard' "
-                        "extra); may change on --resume")
     _add_settings_options(t, resume=True)
     _add_family_options(t, "train")
 
@@ -143,23 +136,18 @@ def _train(args: argparse.Namespace) -> int:
 
     _setup_logging()
     if args.resume:
+        named = _config_flag_values(args, [k for k in _TRAIN_CONFIG_FLAGS if k not in T.RESUMABLE])
         clashing = [flag for flag, value in (("--env", args.env), ("--config", args.config),
                                              ("--env-kwargs", args.env_kwargs or None),
-                                             ("--algo", args.algo), ("--num-envs", args.num_envs),
-                                             ("--seed", args.seed), ("--backend", args.backend),
-                                             ("--ray-address", args.ray_address),
-                                             ("--num-workers", args.num_workers),
-                                             ("--envs-per-worker", args.envs_per_worker),
+                                             ("--algo", args.algo),
+                                             *((_flag(k), v) for k, v in named.items()),
                                              ("--out", args.out),
                                              *((_flag(k), v) for k, v in _family_flags(args).items()))
                    if value is not None]
         if clashing:
             raise CLIError(f"--resume uses the run's saved config; {', '.join(clashing)} cannot be combined with it")
-        changes = T.parse_set(args.set or [])
-        if args.total_steps is not None:
-            changes["total_steps"] = args.total_steps
-        if args.logger is not None:
-            changes["logger"] = args.logger
+        changes = {**T.parse_set(args.set or []),
+                   **_config_flag_values(args, [k for k in _TRAIN_CONFIG_FLAGS if k in T.RESUMABLE])}
         trainer = T.Trainer.resume(args.resume, changes=changes)
         if trainer.finished:
             trainer.close()
@@ -169,13 +157,8 @@ def _train(args: argparse.Namespace) -> int:
             return 0
         run_dir = args.resume
     else:
-        overrides: Dict[str, Any] = T.parse_set(args.set or [])  # the named flags go over --set
-        for key in ("total_steps", "num_envs", "seed", "backend", "ray_address", "num_workers", "envs_per_worker",
-                    "logger"):
-            if getattr(args, key) is not None:
-                overrides[key] = getattr(args, key)
-        if args.async_envs:
-            overrides["async_envs"] = True
+        # the named flags go over --set
+        overrides: Dict[str, Any] = {**T.parse_set(args.set or []), **_config_flag_values(args, _TRAIN_CONFIG_FLAGS)}
         env_flags = _family_flags(args)
         _check_family_flags(env_flags, T.config_env_id(args.env, args.config, DEFAULT_ENV))
         env_flags = {**T.parse_env_kwargs(args.env_kwargs or []), **env_flags}
@@ -281,11 +264,15 @@ def _eval_family(args: argparse.Namespace, policy: Any, env_id: str) -> int:
     from ppo_core.envs.registry import get_family
 
     entry = family_entry(env_id)
+    if entry is None:  # the caller sends only env ids of a registered family here
+        raise RuntimeError(f"{env_id!r} belongs to no registered env family")
     _require_family(env_id, "eval")
     if family_entry(policy.config.env_id) is not entry:
         raise CLIError(f"{args.run_dir} was trained on {policy.config.env_id or 'a custom env'!r}, "
                        f"not {entry.title}; its policy cannot drive", code=1)
     family = get_family(env_id)
+    if family is None:  # get_family serves every id that family_entry does
+        raise RuntimeError(f"{env_id!r}: no env family loaded for it")
     _setup_logging()
     n = args.episodes
     try:

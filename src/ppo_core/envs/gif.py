@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, List, Union
+from typing import TYPE_CHECKING, Iterable, List, Union
 
 import numpy as np
+
+if TYPE_CHECKING:  # Pillow is imported when a frame is added (the 'train' extra)
+    from PIL import Image
 
 __all__ = ["GifFrames"]
 
@@ -16,7 +19,7 @@ class GifFrames:
 
     def __init__(self, frame_skip: int = 1) -> None:
         self.frame_skip = max(1, int(frame_skip))
-        self.frames: List[object] = []
+        self.frames: List["Image.Image"] = []
         self._seen = 0
         self._pending: Union[np.ndarray, None] = None
 
@@ -33,7 +36,7 @@ class GifFrames:
             self.add(frame)
 
     @staticmethod
-    def _image(frame: np.ndarray) -> object:
+    def _image(frame: np.ndarray) -> "Image.Image":
         from PIL import Image
 
         return Image.fromarray(np.asarray(frame, np.uint8)).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
@@ -49,6 +52,5 @@ class GifFrames:
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         first, *rest = self.frames
-        first.save(out, save_all=True, append_images=rest, duration=int(1000 / fps), loop=0,  # type: ignore[attr-defined]
-                   optimize=False)
+        first.save(out, save_all=True, append_images=rest, duration=int(1000 / fps), loop=0, optimize=False)
         return len(self.frames)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 __all__ = ["EnvFamily", "FamilyEntry", "Option", "FAMILIES", "DEFAULT_ENV", "family_name", "family_entry",
            "get_family", "register_family", "options_for"]
@@ -95,7 +95,7 @@ class EnvFamily:
     #: success threshold instead of a return threshold.
     reports_success: bool = False
     #: The error an evaluation raises when its workers keep failing (CLI: one line).
-    eval_error: type = RuntimeError
+    eval_error: Type[BaseException] = RuntimeError
 
     def preset(self, env_id: str) -> Dict[str, Any]:
         """The built-in ``PPOConfig`` fields for ``env_id``."""

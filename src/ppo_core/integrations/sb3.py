@@ -25,7 +25,7 @@ __all__ = ["GAERolloutBuffer"]
 class GAERolloutBuffer(RolloutBuffer):
     """SB3's ``RolloutBuffer`` whose GAE runs on :func:`ppo_core.gae`."""
 
-    def compute_returns_and_advantage(self, last_values, dones) -> None:  # type: ignore[override]
+    def compute_returns_and_advantage(self, last_values, dones) -> None:
         last = last_values.clone().cpu().numpy().flatten().astype(self.values.dtype)
         ended = np.empty(self.values.shape, dtype=bool)  # the episode ended at step t
         ended[:-1] = self.episode_starts[1:] > 0

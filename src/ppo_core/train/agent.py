@@ -16,7 +16,7 @@ from .config import PPOConfig
 from .envs import episode_metrics_fns, make_vector_env
 from .errors import RunDirError
 from .normalize import ObsNormalizer
-from .policies import env_action, expected_clipped_action, make_mlp_policy, space_from_dict
+from .policies import env_action, expected_clipped_action, make_mlp_policy, space_from_dict, space_shape
 
 __all__ = ["Policy", "load_policy", "evaluate", "write_episode_gif"]
 
@@ -52,7 +52,7 @@ class Policy:
         to the action space's bounds. Returns one action or a ``(B, ...)`` array.
         """
         obs = np.asarray(obs, np.float32)
-        shape = tuple(self.observation_space.shape)
+        shape = space_shape(self.observation_space)
         single = obs.shape == shape
         if single:
             obs = obs[None]
@@ -102,7 +102,7 @@ class Policy:
     def value(self, obs: Any) -> np.ndarray:
         """V(obs) for one observation or a batch (normalization applied)."""
         obs = np.asarray(obs, np.float32)
-        single = obs.shape == tuple(self.observation_space.shape)
+        single = obs.shape == space_shape(self.observation_space)
         obs = obs[None] if single else obs
         v = self.net(torch.from_numpy(self.obs_normalizer(obs)))[1].numpy()
         return v[0] if single else v
@@ -147,7 +147,7 @@ def load_policy(run_dir: Union[str, os.PathLike], checkpoint: Optional[Union[str
     act_space = space_from_dict(state["action_space"])
     net = (policy_factory or make_mlp_policy)(obs_space, act_space, config)
     net.load_state_dict(state["policy"])
-    norm = ObsNormalizer(tuple(obs_space.shape), enabled=config.normalize_obs, clip=config.obs_clip)
+    norm = ObsNormalizer(space_shape(obs_space), enabled=config.normalize_obs, clip=config.obs_clip)
     norm.load_state_dict(state["obs_normalizer"])
     return Policy(net, norm, obs_space, act_space, config, step=int(state["step"]))
 
@@ -234,7 +234,10 @@ def write_episode_gif(policy: Policy, env_id: Optional[str] = None, path: Union[
             obs, reward, terminated, truncated, _ = env.step(policy.act(obs, deterministic=deterministic))
             ep_return += float(reward)
             length += 1
-            frames.add(env.render())
+            frame = env.render()
+            if not isinstance(frame, np.ndarray):
+                raise ValueError(f"{env_id} rendered no rgb_array frame (render() gave {type(frame).__name__})")
+            frames.add(frame)
             done = terminated or truncated
     finally:
         env.close()

@@ -375,7 +375,9 @@ def _short(value: Any) -> str:
 def _default(f: dataclasses.Field) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
-    return f.default_factory()  # type: ignore[misc]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"PPOConfig field {f.name!r} has no default")
 
 
 def load_config(path: Union[str, os.PathLike], *, defaults: Union[PPOConfig, None] = None) -> PPOConfig:
@@ -435,7 +437,10 @@ def field_docs() -> Dict[str, str]:
     import textwrap
 
     tree = ast.parse(textwrap.dedent(inspect.getsource(PPOConfig)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
+    cls = tree.body[0]
+    if not isinstance(cls, ast.ClassDef):
+        raise TypeError(f"the source of PPOConfig parses to {type(cls).__name__}, not a class")
+    body = cls.body
     docs: Dict[str, str] = {}
     for node, after in zip(body, body[1:]):
         if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)

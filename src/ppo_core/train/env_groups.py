@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import gymnasium
 import numpy as np
+from gymnasium.vector import AsyncVectorEnv
 from gymnasium.vector.utils import batch_space
 
 __all__ = ["EnvGroups"]
@@ -28,10 +28,10 @@ __all__ = ["EnvGroups"]
 class EnvGroups:
     """``num_envs`` environments as consecutive groups of ``AsyncVectorEnv`` s."""
 
-    def __init__(self, groups: Sequence[gymnasium.vector.VectorEnv]) -> None:
+    def __init__(self, groups: Sequence[AsyncVectorEnv]) -> None:
         if len(groups) < 2:
             raise ValueError(f"EnvGroups needs at least 2 groups, got {len(groups)}")
-        self.groups: List[gymnasium.vector.VectorEnv] = list(groups)
+        self.groups: List[AsyncVectorEnv] = list(groups)
         self.single_observation_space = self.groups[0].single_observation_space
         self.single_action_space = self.groups[0].single_action_space
         for g in self.groups[1:]:

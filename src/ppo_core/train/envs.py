@@ -91,6 +91,8 @@ def _check_gymnasium_kwargs(env_id: str, env_kwargs: Dict[str, Any]) -> None:
     spec = gymnasium.spec(env_id.partition(":")[2] if ":" in env_id else env_id)
     try:
         creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
+        if creator is None:  # no entry point: nothing to introspect
+            return
         params = inspect.signature(creator).parameters.values()
     except (ValueError, TypeError, ImportError, AttributeError):  # not introspectable: the env decides
         return

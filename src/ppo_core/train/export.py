@@ -27,7 +27,7 @@ from torch import nn
 from .agent import Policy
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
-from .policies import expected_clipped_action
+from .policies import expected_clipped_action, space_shape
 
 __all__ = ["ExportedPolicy", "export_policy", "FORMATS"]
 
@@ -37,12 +37,18 @@ FORMATS = ("torchscript", "onnx")
 class ExportedPolicy(nn.Module):
     """``obs (N, *obs_shape) float32 -> (actions, values)``: :meth:`Policy.act` as one module."""
 
+    # Buffers (register_buffer): the observation statistics, and a Box action space's bounds.
+    obs_mean: torch.Tensor
+    obs_scale: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+
     def __init__(self, policy: Policy) -> None:
         super().__init__()
         self.net = copy.deepcopy(policy.net).requires_grad_(False)  # a plain inference graph; the policy is untouched
         norm = policy.obs_normalizer
         self.normalize = bool(norm.enabled)
-        shape = tuple(policy.observation_space.shape)
+        shape = space_shape(policy.observation_space)
         # As ObsNormalizer: float64 arithmetic on the float32 observation, then float32.
         mean = np.array(np.broadcast_to(norm.rms.mean, shape), np.float64)
         scale = np.sqrt(np.array(np.broadcast_to(norm.rms.var, shape), np.float64) + 1e-8)
@@ -51,11 +57,13 @@ class ExportedPolicy(nn.Module):
         self.obs_clip = float(norm.clip)
         space = policy.action_space
         self.discrete = isinstance(space, gymnasium.spaces.Discrete)
-        if self.discrete:
+        if isinstance(space, gymnasium.spaces.Discrete):
             self.start = int(space.start)
-        else:
+        elif isinstance(space, gymnasium.spaces.Box):
             self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32))
             self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32))
+        else:
+            raise ConfigError(f"unsupported action space {space}: expected Discrete or Box")
         self.expected = policy.deterministic_action == "expected" and not self.discrete
 
     def forward(self, obs: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +91,7 @@ def export_policy(policy: Policy, path: Union[str, os.PathLike], fmt: str = "tor
     if fmt not in FORMATS:
         raise ConfigError(f"export format {fmt!r}: choose from {', '.join(FORMATS)}")
     module = ExportedPolicy(policy).eval()
-    shape = tuple(policy.observation_space.shape)
+    shape = space_shape(policy.observation_space)
     example = torch.zeros((2, *shape), dtype=torch.float32)
     path = Path(path)
     validate = torch.distributions.Distribution._validate_args

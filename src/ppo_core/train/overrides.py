@@ -9,18 +9,13 @@ import dataclasses
 import json
 from typing import Any, Dict, Sequence, Tuple
 
+from ppo_core.settings import RESUMABLE, parse_value, what_it_takes
+
 from .config import PPOConfig
 from .errors import ConfigError
 
 __all__ = ["parse_set", "parse_env_kwargs", "RESUMABLE", "field_kind"]
 
-#: Keys a resumed run may change: they change how long it runs, how often it is evaluated
-#: and checkpointed, and what it logs, not what it learns from a given batch.
-RESUMABLE = ("total_steps", "eval_every_steps", "eval_episodes", "eval_workers", "checkpoint_every",
-             "keep_checkpoints", "max_env_restarts", "logger", "stop_at_success")
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
 
 
 def _fields() -> Dict[str, dataclasses.Field]:
@@ -31,7 +26,12 @@ def field_kind(name: str) -> str:
     """What a field holds, in the words of an error message: ``bool``, ``int``, ``float``,
     ``str``, ``list of int``, ``table``."""
     f = _fields()[name]
-    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        raise TypeError(f"PPOConfig field {name!r} has no default")
     if isinstance(default, bool):
         return "bool"
     if isinstance(default, int):
@@ -54,39 +54,10 @@ def _split(item: str, flag: str) -> Tuple[str, str]:
 
 
 def _parse_value(key: str, kind: str, text: str, flag: str) -> Any:
-    what = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text",
-            "list of int": "a list of integers, e.g. 64,64 or [64, 64]", "table": "a JSON object"}[kind]
     try:
-        if kind == "bool":
-            low = text.lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError
-        if kind == "int":
-            try:
-                return int(text.replace("_", ""))
-            except ValueError:
-                number = float(text)  # 1e6
-                if not number.is_integer():
-                    raise
-                return int(number)
-        if kind == "float":
-            return float(text.replace("_", ""))
-        if kind == "list of int":
-            value = json.loads(text) if text.startswith("[") else [int(x) for x in text.split(",") if x.strip()]
-            if not isinstance(value, list):
-                raise ValueError
-            return value
-        if kind == "table":
-            value = json.loads(text)
-            if not isinstance(value, dict):
-                raise ValueError
-            return value
-        return text
+        return parse_value(kind, text)
     except ValueError:
-        raise ConfigError(f"{flag} {key}={text}: {key} takes {what}") from None
+        raise ConfigError(f"{flag} {key}={text}: {key} takes {what_it_takes(kind)}") from None
 
 
 def parse_set(items: Sequence[str], flag: str = "--set") -> Dict[str, Any]:

@@ -31,6 +31,7 @@ __all__ = [
     "make_mlp_policy",
     "space_to_dict",
     "space_from_dict",
+    "space_shape",
     "env_action",
     "expected_clipped_action",
 ]
@@ -82,12 +83,14 @@ class MLPActorCritic(nn.Module):
                  activation: str = "tanh", shared: bool = False, init_log_std: float = 0.0,
                  state_dependent_std: bool = False) -> None:
         super().__init__()
+        box_shape: Tuple[int, ...] = ()
         if isinstance(action_space, gymnasium.spaces.Discrete):
             self.discrete = True
             out_dim = int(action_space.n)
         elif isinstance(action_space, gymnasium.spaces.Box):
             self.discrete = False
-            out_dim = int(np.prod(action_space.shape))
+            box_shape = action_space.shape
+            out_dim = int(np.prod(box_shape))
         else:
             raise ConfigError(f"unsupported action space {action_space}: expected Discrete or Box")
         self.shared = shared
@@ -102,7 +105,7 @@ class MLPActorCritic(nn.Module):
         self.critic_head = _layer(width, 1, 1.0)
         self.state_dependent_std = bool(state_dependent_std) and not self.discrete
         if not self.discrete:
-            self.action_shape = tuple(action_space.shape)
+            self.action_shape = tuple(box_shape)
             if self.state_dependent_std:
                 # A second actor head: log-std per state, starting at init_log_std everywhere
                 # (small weights, bias init_log_std), clamped to LOG_STD_RANGE.
@@ -155,6 +158,14 @@ def space_to_dict(space: gymnasium.Space) -> Dict[str, Any]:
     raise ConfigError(f"unsupported space {space}: expected Box or Discrete")
 
 
+def space_shape(space: gymnasium.Space) -> Tuple[int, ...]:
+    """``space.shape`` as a tuple; :class:`ConfigError` for a space without a shape."""
+    shape = space.shape
+    if shape is None:
+        raise ConfigError(f"unsupported space {space}: it has no shape (expected Box or Discrete)")
+    return tuple(shape)
+
+
 def space_from_dict(data: Dict[str, Any]) -> gymnasium.Space:
     """Inverse of :func:`space_to_dict`."""
     if data["type"] == "Discrete":
@@ -198,4 +209,6 @@ def env_action(action: torch.Tensor, action_space: gymnasium.Space) -> np.ndarra
     a = action.detach().cpu().numpy()
     if isinstance(action_space, gymnasium.spaces.Discrete):
         return a.astype(np.int64) + int(action_space.start)
-    return np.clip(a, action_space.low, action_space.high).astype(action_space.dtype)
+    if isinstance(action_space, gymnasium.spaces.Box):
+        return np.clip(a, action_space.low, action_space.high).astype(action_space.dtype)
+    raise ConfigError(f"unsupported action space {action_space}: expected Discrete or Box")

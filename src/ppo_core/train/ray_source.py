@@ -44,6 +44,7 @@ from .config import PPOConfig
 from .envs import episode_metrics_fns, make_vector_env
 from .errors import ConfigError, EnvWorkerError
 from .normalize import ObsNormalizer, RewardScaler, RunningMeanStd
+from .policies import space_shape
 from .rollout import Rollout, RolloutCollector
 
 __all__ = ["RaySource", "ray_layout"]
@@ -100,7 +101,7 @@ class RolloutWorker:
         # gymnasium ids step in this process (the actors are the parallelism); families
         # such as MetaDrive run each engine in a worker process of their own.
         self.envs = make_vector_env(env, num_envs, seed, asynchronous=False, env_kwargs=config.env_kwargs)
-        shape = tuple(self.envs.single_observation_space.shape)
+        shape = space_shape(self.envs.single_observation_space)
         self.obs_stats = _FragmentStats(shape, config.normalize_obs, config.obs_clip)
         self.reward_scaler = RewardScaler(num_envs, config.gamma, enabled=config.normalize_reward,
                                           clip=config.reward_clip)
@@ -299,11 +300,14 @@ class RaySource:
         ray = self._ray
         from ray.exceptions import ActorUnavailableError, RayActorError
 
+        policy = self._policy
+        if policy is None:
+            raise RuntimeError("RaySource: no policy to restore an actor with; call sync_policy first")
         deadline = time.monotonic() + timeout
         while True:
             try:
                 ready = ray.get(self.actors[i].restore.remote(self._scalers[i], seed))
-                ray.get(self.actors[i].set_net.remote(copy.deepcopy(self._policy).cpu()))
+                ray.get(self.actors[i].set_net.remote(copy.deepcopy(policy).cpu()))
                 return ready
             except ActorUnavailableError:  # still restarting
                 if time.monotonic() > deadline:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol, Union
 
 import gymnasium
 import numpy as np
@@ -21,10 +21,26 @@ import torch
 from ppo_core import torch as ppo_torch
 
 from .env_groups import EnvGroups
-from .normalize import ObsNormalizer, RewardScaler
 from .policies import env_action
 
-__all__ = ["Rollout", "RolloutCollector", "final_info_of"]
+__all__ = ["Rollout", "RolloutCollector", "final_info_of", "ObsNormalizing", "RewardScaling"]
+
+
+class ObsNormalizing(Protocol):
+    """What the collector needs of its observation normalizer (:class:`~.normalize.ObsNormalizer`
+    or a stand-in): ``norm(obs) -> normalized obs`` and ``update(raw obs)``."""
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray: ...
+
+    def update(self, obs: np.ndarray) -> None: ...
+
+
+class RewardScaling(Protocol):
+    """What the collector needs of its reward scaler (:class:`~.normalize.RewardScaler` or a
+    stand-in): ``scale(rewards, done)`` for every env, ``scale(rewards, done, envs)`` for the
+    envs of one :class:`EnvGroups` group (a slice)."""
+
+    def __call__(self, rewards: np.ndarray, done: np.ndarray, envs: Optional[slice] = None) -> np.ndarray: ...
 
 
 @dataclass
@@ -92,10 +108,11 @@ class RolloutCollector:
     forward passes, normalization, buffer writes); the trainer reads and resets it.
     """
 
-    def __init__(self, envs: gymnasium.vector.VectorEnv, policy: Optional[Callable], obs_normalizer: ObsNormalizer,
-                 reward_scaler: RewardScaler, seed: Optional[int], *, update_stats_on_reset: bool = True,
+    def __init__(self, envs: Union[gymnasium.vector.VectorEnv, EnvGroups], policy: Optional[Callable],
+                 obs_normalizer: ObsNormalizing, reward_scaler: RewardScaling, seed: Optional[int], *,
+                 update_stats_on_reset: bool = True,
                  episode_metrics_fn: Optional[Callable[..., Dict[str, Any]]] = None) -> None:
-        self.envs = envs
+        self.envs: Union[gymnasium.vector.VectorEnv, EnvGroups] = envs
         self.episode_metrics_fn = episode_metrics_fn
         self.policy = policy
         self.obs_normalizer = obs_normalizer
@@ -105,7 +122,7 @@ class RolloutCollector:
         self.timings = {"env": 0.0, "inference": 0.0}
         self.replace_envs(envs, seed, update_stats=update_stats_on_reset)
 
-    def replace_envs(self, envs: gymnasium.vector.VectorEnv, seed: Optional[int], *,
+    def replace_envs(self, envs: Union[gymnasium.vector.VectorEnv, EnvGroups], seed: Optional[int], *,
                      update_stats: bool = True) -> None:
         """Switch to ``envs`` (e.g. rebuilt after a worker crash): reset them with ``seed``
         and start new episodes; unfinished episodes of the old envs are dropped."""
@@ -123,16 +140,24 @@ class RolloutCollector:
         self.ep_return = np.zeros(self.num_envs, np.float64)
         self.ep_length = np.zeros(self.num_envs, np.int64)
 
+    def _policy(self) -> Callable:
+        """The policy, or a clear error when none was set."""
+        if self.policy is None:
+            raise RuntimeError("RolloutCollector: no policy; set .policy before collecting")
+        return self.policy
+
     @torch.no_grad()
     def _value(self, raw_obs: np.ndarray) -> torch.Tensor:
         obs = torch.from_numpy(self.obs_normalizer(raw_obs))
-        return self.policy(obs)[1].float()
+        return self._policy()(obs)[1].float()
 
     @torch.no_grad()
     def collect(self, num_steps: int) -> Rollout:
         """Step every env ``num_steps`` times; return the time-major :class:`Rollout`."""
         if isinstance(self.envs, EnvGroups):
             return self._collect_pipelined(num_steps)
+        envs = self.envs
+        policy = self._policy()
         T, N = num_steps, self.num_envs
         b = _Buffers(T, N, self.raw_obs.shape[1:])
         obs_buf, values, log_probs, rewards = b.obs, b.values, b.log_probs, b.rewards
@@ -144,7 +169,7 @@ class RolloutCollector:
         try:
             for t in range(T):
                 obs = torch.from_numpy(self.obs_normalizer(self.raw_obs))
-                dist, value = self.policy(obs)
+                dist, value = policy(obs)
                 action = dist.sample()
                 if actions is None:
                     actions = torch.zeros((T, *action.shape), dtype=action.dtype)
@@ -155,7 +180,7 @@ class RolloutCollector:
 
                 env_actions = env_action(action, self.action_space)
                 t_env = time.perf_counter()
-                next_obs, reward, term, trunc, info = self.envs.step(env_actions)
+                next_obs, reward, term, trunc, info = envs.step(env_actions)
                 env_time += time.perf_counter() - t_env
                 term = np.asarray(term, bool)
                 trunc = np.asarray(trunc, bool) & ~term  # both set: the episode really ended
@@ -177,7 +202,7 @@ class RolloutCollector:
                     ep_returns.append(float(self.ep_return[i]))
                     ep_lengths.append(int(self.ep_length[i]))
                     if self.episode_metrics_fn is not None:
-                        ep_metrics.append(self.episode_metrics_fn(final_info_of(info, i), ep_returns[-1],
+                        ep_metrics.append(self.episode_metrics_fn(final_info_of(info, int(i)), ep_returns[-1],
                                                                   ep_lengths[-1]))
                 self.ep_return[done] = 0.0
                 self.ep_length[done] = 0
@@ -202,7 +227,10 @@ class RolloutCollector:
         rollout is returned, so every action comes from the policy being updated.
         Timings: ``env`` is the time spent waiting for simulators, ``inference`` the rest.
         """
-        envs: EnvGroups = self.envs  # type: ignore[assignment]
+        envs = self.envs
+        if not isinstance(envs, EnvGroups):
+            raise TypeError(f"pipelined collection needs EnvGroups, got {type(envs).__name__}")
+        policy = self._policy()
         T, N = num_steps, self.num_envs
         b = _Buffers(T, N, self.raw_obs.shape[1:])
         obs_buf, values, log_probs, rewards = b.obs, b.values, b.log_probs, b.rewards
@@ -216,7 +244,7 @@ class RolloutCollector:
             nonlocal actions
             sl = envs.slices[g]
             obs = torch.from_numpy(self.obs_normalizer(self.raw_obs[sl]))
-            dist, value = self.policy(obs)
+            dist, value = policy(obs)
             action = dist.sample()
             if actions is None:
                 actions = torch.zeros((T, N, *action.shape[1:]), dtype=action.dtype)
@@ -250,7 +278,7 @@ class RolloutCollector:
                 ep_returns.append(float(self.ep_return[k]))
                 ep_lengths.append(int(self.ep_length[k]))
                 if self.episode_metrics_fn is not None:
-                    ep_metrics.append(self.episode_metrics_fn(final_info_of(info, i), ep_returns[-1],
+                    ep_metrics.append(self.episode_metrics_fn(final_info_of(info, int(i)), ep_returns[-1],
                                                               ep_lengths[-1]))
             self.ep_return[sl][done] = 0.0
             self.ep_length[sl][done] = 0

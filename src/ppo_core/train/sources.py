@@ -164,7 +164,7 @@ class VectorEnvSource:
             raise
 
     @property
-    def timings(self) -> Dict[str, float]:  # type: ignore[override]
+    def timings(self) -> Dict[str, float]:
         return self.collector.timings
 
     def sync_policy(self, policy: nn.Module) -> None:

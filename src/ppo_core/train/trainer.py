@@ -182,8 +182,8 @@ class Trainer:
             tensorboard = True
         try:
             save_config(config, self.run_dir / "config.toml")
-            self.metrics = MetricsLog(self.run_dir, resume_step=self.global_step if _resume_state else None,
-                                      tensorboard=tensorboard)
+            self.metrics: Optional[MetricsLog] = MetricsLog(
+                self.run_dir, resume_step=self.global_step if _resume_state else None, tensorboard=tensorboard)
         except OSError as e:
             self.source.close()
             raise RunDirError(ckpt.run_dir_error(self.run_dir, e)) from None
@@ -292,7 +292,7 @@ class Trainer:
         """Write a checkpoint now (atomically) and redraw the learning curve."""
         t0 = time.perf_counter()
         path = ckpt.save_checkpoint(self.run_dir, self._state(), self.global_step, self.config.keep_checkpoints)
-        plot_learning_curve(self.metrics.rows, self.run_dir / "learning_curve.png",
+        plot_learning_curve(self._metrics_log().rows, self.run_dir / "learning_curve.png",
                             title=f"{self.config.env_id or 'custom env'} seed {self.config.seed}")
         dt = time.perf_counter() - t0
         self._pending_other += dt
@@ -413,7 +413,7 @@ class Trainer:
                 reached = (cfg.stop_at_success > 0
                            and eval_row.get("eval_success_rate", -1.0) >= cfg.stop_at_success)
                 try:
-                    self.metrics.log(row)
+                    self._metrics_log().log(row)
                     if eval_row:
                         self._keep_best(eval_row)
                     if self.update % cfg.checkpoint_every == 0 or self.finished or reached:
@@ -464,14 +464,21 @@ class Trainer:
         summary = self._summarize_episodes(rollout.episode_metrics)
         return {f"train_{k}": float(summary[k]) for k in keys if k in summary}
 
+    def _metrics_log(self) -> MetricsLog:
+        """The open metrics log; a clear error once :meth:`close` has closed it."""
+        if self.metrics is None:
+            raise RuntimeError("the trainer is closed: its metrics log is closed")
+        return self.metrics
+
     def close(self) -> None:
         """Close the rollout source, the evaluator and the metrics files (idempotent)."""
         if getattr(self, "source", None) is not None:
             self.source.close()
         if getattr(self, "held_out", None) is not None:
             self.held_out.close()
-        if getattr(self, "metrics", None) is not None:
-            self.metrics.close()
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.close()
             self.metrics = None
         if getattr(self, "_lock", None) is not None:
             self._lock.release()

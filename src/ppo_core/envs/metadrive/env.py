@@ -128,7 +128,8 @@ class MetaDriveGymEnv(gym.Env):
         if cfg.traffic_density_range is not None:
             # MetaDrive's traffic manager reads the density from the engine's global config
             # (this env's config object) at every reset.
-            self._env.config["traffic_density"] = float(self.np_random.uniform(*cfg.traffic_density_range))
+            low, high = cfg.traffic_density_range  # [low, high], checked by MetaDriveConfig
+            self._env.config["traffic_density"] = float(self.np_random.uniform(low, high))
         obs, info = self._env.reset(seed=scenario)
         self.current_scenario = scenario
         return np.asarray(obs, dtype=np.float32), info

@@ -13,7 +13,7 @@ import multiprocessing.connection
 import os
 import traceback
 from collections import deque
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Type, cast
 
 import numpy as np
 
@@ -26,7 +26,19 @@ __all__ = ["ActFn", "EvalWorkerError", "ParallelEvaluator", "evaluate_policy"]
 
 logger = logging.getLogger("ppo_core.envs.metadrive")
 
-ActFn = Callable[[np.ndarray], np.ndarray]
+#: A batched policy: ``act_fn(obs) -> actions``, or with ``keyed=True``
+#: ``act_fn(obs, episode_keys) -> actions`` (see :meth:`ParallelEvaluator.run_episodes`).
+ActFn = Callable[..., np.ndarray]
+
+
+class _StartMethodContext(Protocol):
+    """What the evaluator uses of a multiprocessing context: ``Pipe`` and ``Process``."""
+
+    def Pipe(self, duplex: bool = True) -> Tuple[multiprocessing.connection.Connection,
+                                                 multiprocessing.connection.Connection]: ...
+
+    @property
+    def Process(self) -> Type[multiprocessing.process.BaseProcess]: ...
 
 
 class EvalWorkerError(RuntimeError):
@@ -111,7 +123,9 @@ class ParallelEvaluator:
         if n < 1:
             raise ValueError(f"num_workers must be >= 1, got {n}")
         ensure_offline_assets()  # log the asset decision in this process too
-        self._ctx = multiprocessing.get_context(context)
+        # get_context(method) returns the start method's concrete context (SpawnContext, ...),
+        # each with a Process class; the stubs type it as BaseContext, which declares none.
+        self._ctx = cast(_StartMethodContext, multiprocessing.get_context(context))
         self._worker_args = (config, render, render_kwargs)
         self.max_restarts = max_restarts
         self.restarts = 0

@@ -64,7 +64,7 @@ class EvalSetup:
 
 class MetaDriveFamily(EnvFamily):
     steps_in_workers = True  # one engine per process: its envs always run in worker processes
-    rate_keys = RATE_FLAGS
+    rate_keys = tuple(RATE_FLAGS)
     episode_keys = EPISODE_KEYS
     reports_success = True
     eval_error = EvalWorkerError
