@@ -27,10 +27,13 @@ def _load(arg: str) -> Tuple[str, Dict[int, dict]]:
 
 
 def main(argv: List[str]) -> int:
-    if not argv:
-        print(__doc__, file=sys.stderr)
-        return 2
-    runs = [_load(a) for a in argv]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__, file=sys.stderr if not argv else sys.stdout)
+        return 0 if argv else 2
+    try:
+        runs = [_load(a) for a in argv]
+    except OSError as e:
+        raise SystemExit(f"paired_eval: cannot read {e.filename}: {e.strerror}") from None
     print(f"{'evaluation':<24}{'episodes':>9}{'success':>9}{'95% interval':>16}{'crash':>7}{'out of road':>12}"
           f"{'route compl.':>13}")
     for label, eps in runs:
