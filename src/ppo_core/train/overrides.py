@@ -9,7 +9,7 @@ import dataclasses
 import json
 from typing import Any, Dict, Sequence, Tuple
 
-from ppo_core.settings import RESUMABLE, parse_value, what_it_takes
+from ppo_core.settings import RESUMABLE, config_fields, parse_value, what_it_takes
 
 from .config import PPOConfig
 from .errors import ConfigError
@@ -24,25 +24,9 @@ def _fields() -> Dict[str, dataclasses.Field]:
 
 def field_kind(name: str) -> str:
     """What a field holds, in the words of an error message: ``bool``, ``int``, ``float``,
-    ``str``, ``list of int``, ``table``."""
-    f = _fields()[name]
-    if f.default is not dataclasses.MISSING:
-        default = f.default
-    elif f.default_factory is not dataclasses.MISSING:
-        default = f.default_factory()
-    else:
-        raise TypeError(f"PPOConfig field {name!r} has no default")
-    if isinstance(default, bool):
-        return "bool"
-    if isinstance(default, int):
-        return "int"
-    if isinstance(default, float):
-        return "float"
-    if isinstance(default, list):
-        return "list of int"
-    if isinstance(default, dict):
-        return "table"
-    return "str"
+    ``str``, ``list of int``, ``table`` (:func:`ppo_core.settings.config_fields`, the same
+    reading the named command-line flags use)."""
+    return config_fields()[name].kind
 
 
 def _split(item: str, flag: str) -> Tuple[str, str]:
