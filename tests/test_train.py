@@ -582,6 +582,83 @@ def test_state_dependent_std_varies_with_the_state_and_starts_at_init_log_std(tm
     assert policy.act(np.zeros((2, 3), np.float32)).shape == (2, 1)
 
 
+# -- Beta policy (action_dist = "beta") ---------------------------------------------
+
+
+def _affine_beta(c1, c0, low, high):
+    # The reference: torch's Beta moved onto [low, high] by an affine transform.
+    from torch.distributions import AffineTransform, Beta, Independent, TransformedDistribution
+    return Independent(TransformedDistribution(Beta(c1, c0), [AffineTransform(low, high - low)]), 1)
+
+
+def test_bounded_beta_log_prob_entropy_and_moments_match_an_affine_beta():
+    from ppo_core.train.policies import BoundedBeta
+    g = torch.Generator().manual_seed(0)
+    c1, c0 = 1 + 4 * torch.rand(6, 2, generator=g, dtype=torch.float64), 1 + 4 * torch.rand(6, 2, generator=g, dtype=torch.float64)
+    low, high = torch.tensor([-2.0, 0.0], dtype=torch.float64), torch.tensor([2.0, 0.5], dtype=torch.float64)
+    dist, ref = BoundedBeta(c1, c0, low, high), _affine_beta(c1, c0, low, high)
+    assert dist.batch_shape == (6,) and dist.event_shape == (2,)
+    a = dist.sample()
+    assert a.shape == (6, 2) and bool(((a > low) & (a < high)).all())
+    torch.testing.assert_close(dist.log_prob(a), ref.log_prob(a))
+    beta_entropy = torch.distributions.Beta(c1, c0).entropy() + torch.log(high - low)
+    torch.testing.assert_close(dist.entropy(), beta_entropy.sum(-1))
+    torch.testing.assert_close(dist.mean, low + (high - low) * c1 / (c1 + c0))
+    torch.testing.assert_close(dist.mode, low + (high - low) * (c1 - 1) / (c1 + c0 - 2))
+    var01 = c1 * c0 / ((c1 + c0) ** 2 * (c1 + c0 + 1))
+    torch.testing.assert_close(dist.stddev, (high - low) * var01.sqrt())
+    many = BoundedBeta(c1[:1].expand(20000, 2), c0[:1].expand(20000, 2), low, high).sample()
+    torch.testing.assert_close(many.mean(0), dist.mean[0], atol=0.02, rtol=0)
+    # A value on a bound (where the density of α, β > 1 is 0) gets a finite log-prob, not -inf.
+    assert bool(torch.isfinite(dist.log_prob(low.expand(6, 2))).all())
+
+
+def test_bounded_beta_samples_from_a_generator_are_reproducible_and_leave_the_global_rng_alone():
+    from ppo_core.train.policies import BoundedBeta
+    dist = BoundedBeta(torch.full((3, 2), 2.0), torch.full((3, 2), 3.0), torch.tensor(-1.0), torch.tensor(1.0))
+    torch.manual_seed(5)
+    before = torch.rand(1)
+    torch.manual_seed(5)
+    a = dist.sample_with(torch.Generator().manual_seed(1))
+    b = dist.sample_with(torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and torch.equal(torch.rand(1), before)
+    assert not torch.equal(a, dist.sample_with(torch.Generator().manual_seed(2)))
+
+
+def test_beta_policy_trains_acts_inside_the_bounds_and_starts_at_init_log_std(tmp_path):
+    cfg = _small(env_id="Pendulum-v1", action_dist="beta", init_log_std=-0.7, total_steps=256, num_steps=64)
+    trainer = T.Trainer(cfg, tmp_path / "run")
+    obs = torch.randn(64, 3)
+    with torch.no_grad():
+        std0 = trainer.policy(obs)[0].stddev
+    np.testing.assert_allclose(std0.numpy(), math.exp(-0.7), rtol=0.02)  # in the action's units, as the Gaussian
+    trainer.train()
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert all(0.0 < float(r["action_std"]) < 2.0 for r in rows)
+    assert all(math.isfinite(float(r["policy_loss"])) for r in rows)
+    policy = T.load_policy(tmp_path / "run")
+    o = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+    with torch.no_grad():
+        dist, _ = policy.net(torch.from_numpy(policy.obs_normalizer(o)))
+    np.testing.assert_allclose(policy.act(o), dist.mean.numpy(), rtol=1e-6)  # deterministic: the mean
+    sampled = policy.act(o, deterministic=False, generator=torch.Generator().manual_seed(0))
+    assert sampled.shape == (16, 1) and np.all(np.abs(sampled) < 2.0)
+    again = policy.act(o, deterministic=False, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(sampled, again)
+
+
+def test_beta_policy_config_errors(tmp_path):
+    with pytest.raises(T.ConfigError, match="action_dist"):
+        _small(action_dist="laplace")
+    with pytest.raises(T.ConfigError, match="state_dependent_std"):
+        _small(env_id="Pendulum-v1", action_dist="beta", state_dependent_std=True)
+    with pytest.raises(T.ConfigError, match="init_log_std"):  # std 1.65 > 2 / sqrt(3), the uniform's on [-2, 2]
+        T.Trainer(_small(env_id="Pendulum-v1", action_dist="beta", init_log_std=0.5), tmp_path / "run")
+    from ppo_core.train.policies import MLPActorCritic
+    with pytest.raises(T.ConfigError, match="finite bounds"):
+        MLPActorCritic(3, gymnasium.spaces.Box(-np.inf, np.inf, (1,)), action_dist="beta", init_log_std=-1.0)
+
+
 def test_action_std_column_is_the_policy_std_and_empty_for_discrete_actions(tmp_path):
     T.train(_small(env_id="Pendulum-v1", init_log_std=-1.0, update_epochs=1, num_minibatches=1,
                    learning_rate=0.0), tmp_path / "pendulum")
@@ -1326,7 +1403,8 @@ def _real_observations(env_id, policy, n=64):
 @pytest.mark.parametrize("kind", ["torchscript", "onnx"])
 @pytest.mark.parametrize("env_id, extra", [("CartPole-v1", {}), ("Pendulum-v1", {}),
                                            ("Pendulum-v1", {"deterministic_action": "expected",
-                                                            "state_dependent_std": True})])
+                                                            "state_dependent_std": True}),
+                                           ("Pendulum-v1", {"action_dist": "beta", "init_log_std": -0.5})])
 def test_exported_policy_equals_load_policy_act(kind, env_id, extra, tmp_path):
     if kind == "onnx":
         pytest.importorskip("onnxruntime")

@@ -16,7 +16,7 @@ from .config import PPOConfig
 from .envs import episode_metrics_fns, make_vector_env
 from .errors import RunDirError
 from .normalize import ObsNormalizer
-from .policies import env_action, expected_clipped_action, make_mlp_policy, space_from_dict, space_shape
+from .policies import BoundedBeta, env_action, expected_clipped_action, make_mlp_policy, space_from_dict, space_shape
 
 __all__ = ["Policy", "load_policy", "evaluate", "write_episode_gif"]
 
@@ -64,6 +64,8 @@ class Policy:
         if deterministic and self.deterministic_action == "expected" and isinstance(base, Normal) \
                 and isinstance(self.action_space, gymnasium.spaces.Box):
             action = expected_clipped_action(base.loc, base.scale, self.action_space.low, self.action_space.high)
+        elif deterministic and isinstance(dist, BoundedBeta):
+            action = dist.mean  # the average action, inside the bounds (its mode is another point)
         elif deterministic:
             action = dist.mode
         elif generator is None:
@@ -109,14 +111,16 @@ class Policy:
 
 
 def _sample(dist: Any, generator: torch.Generator) -> torch.Tensor:
-    """A sample of the policy's distribution (diagonal Gaussian or Categorical) from ``generator``."""
+    """A sample of the policy's distribution (diagonal Gaussian, Beta or Categorical) from ``generator``."""
+    if isinstance(dist, BoundedBeta):
+        return dist.sample_with(generator)
     base = getattr(dist, "base_dist", None)
     if isinstance(base, Normal):
         noise = torch.randn(base.loc.shape, generator=generator, dtype=base.loc.dtype)
         return base.loc + base.scale * noise
     if isinstance(dist, Categorical):
         return torch.multinomial(dist.probs, 1, generator=generator).squeeze(-1)
-    raise TypeError(f"sampling with a generator needs a diagonal Gaussian or a Categorical, got {type(dist).__name__}")
+    raise TypeError(f"sampling with a generator needs a diagonal Gaussian, a BoundedBeta or a Categorical, got {type(dist).__name__}")
 
 
 def load_policy(run_dir: Union[str, os.PathLike], checkpoint: Optional[Union[str, os.PathLike]] = None, *,

@@ -127,6 +127,12 @@ class PPOConfig:
     """Gaussian policy: the actor outputs the log-std per state (a second head, clamped to
     [-5, 1]) instead of one free log-std parameter per action dimension."""
 
+    action_dist: str = "gaussian"
+    """Box actions: ``gaussian`` (a diagonal Gaussian, samples clipped to the bounds for the
+    env) or ``beta`` (a Beta per dimension on the bounds, Chou et al. 2017: no sample
+    needs clipping, and the deterministic action is its mean; needs finite bounds; the
+    initial std is still ``exp(init_log_std)``, at most 0.577 of the half-range)."""
+
     advantage_estimator: str = "gae"
     """``gae``, ``returns_minus_baseline`` or ``reward_to_go`` (or pass your own to the Trainer)."""
 
@@ -145,7 +151,7 @@ class PPOConfig:
     """Box actions: what the deterministic policy (evaluation, ``load_policy(...).act``) sends:
     ``mean``, the Gaussian's mean clipped to the bounds, or ``expected``, the mean of the
     clipped Gaussian E[clip(a)], the average of what the sampled policy sends (it differs
-    where the mean lies near or beyond a bound)."""
+    where the mean lies near or beyond a bound). A Beta policy sends its mean either way."""
 
     torch_threads: int = 1
     """Threads of torch's intra-op pool; 1 suits small MLPs on a 2-core machine and leaves a core to the envs."""
@@ -295,6 +301,11 @@ class PPOConfig:
             if self.env_groups != 1:
                 raise ConfigError("config key 'env_groups' applies to the local backend; with backend 'ray' "
                                   "the actors step in parallel")
+        if self.action_dist not in ("gaussian", "beta"):
+            raise ConfigError(f"config key 'action_dist' must be 'gaussian' or 'beta', got {self.action_dist!r}")
+        if self.action_dist == "beta" and self.state_dependent_std:
+            raise ConfigError("config key 'state_dependent_std' applies to action_dist 'gaussian'; a Beta "
+                              "policy's concentrations are outputs per state already")
         if self.deterministic_action not in ("mean", "expected"):
             raise ConfigError(f"config key 'deterministic_action' must be 'mean' or 'expected', "
                               f"got {self.deterministic_action!r}")

@@ -27,7 +27,7 @@ from torch import nn
 from .agent import Policy
 from .checkpoint import atomic_write_bytes
 from .errors import ConfigError
-from .policies import expected_clipped_action, space_shape
+from .policies import BoundedBeta, expected_clipped_action, space_shape
 
 __all__ = ["ExportedPolicy", "export_policy", "FORMATS"]
 
@@ -73,6 +73,8 @@ class ExportedPolicy(nn.Module):
         dist, value = self.net(x)
         if self.discrete:
             return dist.probs.argmax(-1) + self.start, value
+        if isinstance(dist, BoundedBeta):
+            return torch.minimum(torch.maximum(dist.mean, self.low), self.high), value
         base = dist.base_dist
         if self.expected:
             action = expected_clipped_action(base.loc, base.scale, self.low, self.high, dtype=torch.float32)

@@ -27,6 +27,7 @@ from torch.distributions import Independent, Normal
 from ppo_core import torch as ppo_torch
 
 from .config import PPOConfig
+from .policies import BoundedBeta
 from .rollout import Rollout
 from .timing import UpdateTimer
 
@@ -174,9 +175,10 @@ class PPOUpdate:
                 for k, v in out.stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if gaussian is None:
-                    gaussian = isinstance(dist, Independent) and isinstance(dist.base_dist, Normal)
+                    gaussian = (isinstance(dist, Independent) and isinstance(dist.base_dist, Normal)) \
+                        or isinstance(dist, BoundedBeta)
                 if gaussian:
-                    std_sum += float(dist.base_dist.stddev.detach().mean())
+                    std_sum += float(dist.stddev.detach().mean())
                 epoch_kl += out.approx_kl
                 epoch_batches += 1
                 count += 1
