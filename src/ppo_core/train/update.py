@@ -150,7 +150,7 @@ class PPOUpdate:
         sums: Dict[str, float] = {}
         count = 0
         epochs = 0
-        gaussian: Optional[bool] = None
+        has_std: Optional[bool] = None
         std_sum = 0.0
         for _ in range(cfg.update_epochs):
             epochs += 1
@@ -174,10 +174,10 @@ class PPOUpdate:
 
                 for k, v in out.stats.items():
                     sums[k] = sums.get(k, 0.0) + v
-                if gaussian is None:
-                    gaussian = (isinstance(dist, Independent) and isinstance(dist.base_dist, Normal)) \
+                if has_std is None:
+                    has_std = (isinstance(dist, Independent) and isinstance(dist.base_dist, Normal)) \
                         or isinstance(dist, BoundedBeta)
-                if gaussian:
+                if has_std:
                     std_sum += float(dist.stddev.detach().mean())
                 epoch_kl += out.approx_kl
                 epoch_batches += 1
@@ -192,7 +192,7 @@ class PPOUpdate:
         after_update = getattr(self.loss, "after_update", None)
         if after_update is not None:  # a loss with state across updates (e.g. an adaptive KL penalty)
             stats.update(after_update(approx_kl))
-        if gaussian:
+        if has_std:
             stats["action_std"] = std_sum / count  # mean over minibatches, samples and action dims
         if timer is not None:
             timer.mark("update")
