@@ -10,6 +10,9 @@ so results do not depend on the worker count. Prints the JSON summary;
 
     python scripts/noise_eval.py runs/screen/batch4k-s1 --scale 0.25 --episodes 100 --start-seed 10000 \\
         --episodes-out noise025.jsonl
+
+``--dims 0`` puts the noise on the steering only (MetaDrive's action 0), ``--dims 1`` on
+the throttle/brake only; the other dimension takes the mean action.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--start-seed", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--dims", type=int, nargs="+", default=None,
+                        help="action dimensions to add noise to (default: all); the others take the mean")
     parser.add_argument("--episodes-out")
     args = parser.parse_args(argv)
 
@@ -37,13 +42,19 @@ def main(argv=None) -> int:
     policy = load_policy(args.run_dir)
     torch.set_num_threads(policy.config.torch_threads)
     net = policy.net
+    dims = None if args.dims is None else sorted(set(args.dims))
 
     class Scaled(torch.nn.Module):  # the same network, its std multiplied by K
         def forward(self, obs):
             dist, value = net(obs)
             base = dist.base_dist
             # K = 1 leaves the std as it is, so it reproduces `ppo-core eval --stochastic` exactly
-            scaled = torch.distributions.Normal(base.loc, base.scale * args.scale if args.scale > 0 else base.scale)
+            scale = base.scale * args.scale if args.scale > 0 else base.scale
+            if dims is not None and args.scale > 0:  # the other dimensions: the mean (a std of 1e-12)
+                mask = torch.zeros(scale.shape[-1], dtype=torch.bool)
+                mask[dims] = True
+                scale = torch.where(mask, scale, torch.full_like(scale, 1e-12))
+            scaled = torch.distributions.Normal(base.loc, scale)
             return torch.distributions.Independent(scaled, 1), value
 
     policy.net = Scaled()
@@ -59,7 +70,7 @@ def main(argv=None) -> int:
         with open(args.episodes_out, "w") as f:
             for e in per_episode:
                 f.write(json.dumps({k: e[k] for k in md.EPISODE_KEYS}) + "\n")
-    print(json.dumps({"run_dir": args.run_dir, "scale": args.scale, **result}))
+    print(json.dumps({"run_dir": args.run_dir, "scale": args.scale, "dims": dims, **result}))
     return 0
 
 
