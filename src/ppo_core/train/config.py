@@ -26,6 +26,9 @@ from ppo_core.envs.registry import DEFAULT_ENV, get_family
 
 from .errors import ConfigError
 
+#: Values of the config key ``action_dist`` (Box actions); ``policies.MLPActorCritic`` builds them.
+ACTION_DISTS = ("gaussian", "beta")
+
 __all__ = ["PPOConfig", "load_config", "save_config", "read_config_file", "preset", "field_docs", "config_to_toml"]
 
 
@@ -301,8 +304,9 @@ class PPOConfig:
             if self.env_groups != 1:
                 raise ConfigError("config key 'env_groups' applies to the local backend; with backend 'ray' "
                                   "the actors step in parallel")
-        if self.action_dist not in ("gaussian", "beta"):
-            raise ConfigError(f"config key 'action_dist' must be 'gaussian' or 'beta', got {self.action_dist!r}")
+        if self.action_dist not in ACTION_DISTS:
+            raise ConfigError(f"config key 'action_dist' must be one of {', '.join(ACTION_DISTS)}, "
+                              f"got {self.action_dist!r}")
         if self.action_dist == "beta" and self.state_dependent_std:
             raise ConfigError("config key 'state_dependent_std' applies to action_dist 'gaussian'; a Beta "
                               "policy's concentrations are outputs per state already")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.distributions import Beta, Categorical, Distribution, Independent, Normal, constraints
 
+from .config import ACTION_DISTS
 from .errors import ConfigError
 
 __all__ = [
@@ -69,8 +70,6 @@ def _mlp(in_dim: int, hidden: Sequence[int], activation: str) -> nn.Sequential:
 #: Bounds of a state-dependent log-std (std from about 0.0067 to 2.7).
 LOG_STD_RANGE = (-5.0, 1.0)
 
-#: Values of the config key ``action_dist`` (Box actions).
-ACTION_DISTS = ("gaussian", "beta")
 
 
 class BoundedBeta(Distribution):
