@@ -35,6 +35,9 @@ VARIANTS: Dict[str, List[str]] = {
     "8 envs, 2 groups": ["num_envs = 8", "num_steps = 512", "env_groups = 2"],
     "8 envs, 2 groups, 8 shards": ["num_envs = 8", "num_steps = 512", "env_groups = 2",
                                    "[env_kwargs]", "scenario_shards = 8"],
+    "8 envs, 4 groups": ["num_envs = 8", "num_steps = 512", "env_groups = 4"],
+    "8 envs, 8 groups": ["num_envs = 8", "num_steps = 512", "env_groups = 8"],
+    "4 envs, 4 groups": ["num_envs = 4", "num_steps = 1024", "env_groups = 4"],
 }
 
 
