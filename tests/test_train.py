@@ -582,6 +582,34 @@ def test_state_dependent_std_varies_with_the_state_and_starts_at_init_log_std(tm
     assert policy.act(np.zeros((2, 3), np.float32)).shape == (2, 1)
 
 
+def test_final_std_schedules_the_log_std_linearly_in_the_log_instead_of_learning_it(tmp_path):
+    cfg = _small(env_id="Pendulum-v1", init_log_std=0.0, final_std=0.1, total_steps=256)  # 4 updates
+    trainer = T.Trainer(cfg, tmp_path / "run")
+    assert not trainer.policy.log_std.requires_grad
+    assert all(p is not trainer.policy.log_std for g in trainer.optimizer.param_groups for p in g["params"])
+    trainer.train()
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    expected = np.exp(np.linspace(0.0, math.log(0.1), 4))
+    np.testing.assert_allclose([float(r["action_std"]) for r in rows], expected, rtol=1e-5)
+    np.testing.assert_allclose(trainer.policy.log_std.detach().numpy(), math.log(0.1), rtol=1e-6)
+    trainer.close()
+    learned = T.Trainer(_small(env_id="Pendulum-v1", init_log_std=0.0, total_steps=256), tmp_path / "learned")
+    learned.train()
+    assert float(learned.policy.log_std.detach().abs().max()) > 0  # without final_std the gradient moves it
+    learned.close()
+
+
+def test_final_std_config_errors(tmp_path):
+    with pytest.raises(T.ConfigError, match="final_std"):
+        _small(env_id="Pendulum-v1", final_std=-0.1)
+    with pytest.raises(T.ConfigError, match="final_std"):
+        _small(env_id="Pendulum-v1", final_std=0.1, state_dependent_std=True)
+    with pytest.raises(T.ConfigError, match="final_std"):
+        _small(env_id="Pendulum-v1", final_std=0.1, action_dist="beta", init_log_std=-1.0)
+    with pytest.raises(T.ConfigError, match="final_std"):  # CartPole: a Categorical policy has no log-std
+        T.Trainer(_small(final_std=0.1), tmp_path / "run")
+
+
 # -- Beta policy (action_dist = "beta") ---------------------------------------------
 
 

@@ -130,6 +130,13 @@ class PPOConfig:
     """Gaussian policy: the actor outputs the log-std per state (a second head, clamped to
     [-5, 1]) instead of one free log-std parameter per action dimension."""
 
+    final_std: float = 0.0
+    """Gaussian policy with a free log-std: 0 (default) learns the log-std by gradient; a
+    positive value fixes it to a schedule instead, linear in the log over the run's
+    updates, from ``exp(init_log_std)`` at the first update to ``final_std`` at the last
+    (the same for every action dimension). Exploration then stays wide early and narrows
+    late, so that the mean learns to drive with little noise."""
+
     action_dist: str = "gaussian"
     """Box actions: ``gaussian`` (a diagonal Gaussian, samples clipped to the bounds for the
     env) or ``beta`` (a Beta per dimension on the bounds, Chou et al. 2017: no sample
@@ -307,6 +314,12 @@ class PPOConfig:
         if self.action_dist not in ACTION_DISTS:
             raise ConfigError(f"config key 'action_dist' must be one of {', '.join(ACTION_DISTS)}, "
                               f"got {self.action_dist!r}")
+        if self.final_std < 0:
+            raise ConfigError(f"config key 'final_std' must be >= 0 (0: the log-std is learned), "
+                              f"got {self.final_std!r}")
+        if self.final_std > 0 and (self.state_dependent_std or self.action_dist != "gaussian"):
+            raise ConfigError("config key 'final_std' schedules the free log-std of a Gaussian policy; it "
+                              "cannot be combined with state_dependent_std or action_dist 'beta'")
         if self.action_dist == "beta" and self.state_dependent_std:
             raise ConfigError("config key 'state_dependent_std' applies to action_dist 'gaussian'; a Beta "
                               "policy's concentrations are outputs per state already")

@@ -145,7 +145,16 @@ class Trainer:
             self.observation_space = source.observation_space
             self.action_space = source.action_space
             self.policy = (policy_factory or make_mlp_policy)(self.observation_space, self.action_space, config)
-            self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.learning_rate, eps=config.adam_eps)
+            self._scheduled_log_std: Optional[torch.nn.Parameter] = None
+            if config.final_std > 0:  # the log-std follows a schedule (train()), not the gradient
+                log_std = getattr(self.policy, "log_std", None)
+                if not isinstance(log_std, torch.nn.Parameter):
+                    raise ConfigError("config key 'final_std' needs a Gaussian policy with a free log-std "
+                                      "parameter (`log_std`); this policy has none")
+                log_std.requires_grad_(False)
+                self._scheduled_log_std = log_std
+            self.optimizer = torch.optim.Adam([p for p in self.policy.parameters() if p.requires_grad],
+                                              lr=config.learning_rate, eps=config.adam_eps)
             self.perm_generator = torch.Generator().manual_seed(config.seed)
             self.updater = PPOUpdate(self.policy, self.optimizer, self.loss, self.advantage_estimator, config,
                                      self.perm_generator)
@@ -375,6 +384,11 @@ class Trainer:
                     frac = 1.0 - (self.update - 1) / cfg.num_updates
                     for group in self.optimizer.param_groups:
                         group["lr"] = frac * cfg.learning_rate
+                if self._scheduled_log_std is not None:
+                    frac = (self.update - 1) / max(cfg.num_updates - 1, 1)
+                    with torch.no_grad():
+                        self._scheduled_log_std.fill_(
+                            cfg.init_log_std + frac * (math.log(cfg.final_std) - cfg.init_log_std))
                 self.policy.eval()
                 env_before = self.source.timings["env"]
                 self.source.sync_policy(self.policy)
