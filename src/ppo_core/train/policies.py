@@ -71,7 +71,6 @@ def _mlp(in_dim: int, hidden: Sequence[int], activation: str) -> nn.Sequential:
 LOG_STD_RANGE = (-5.0, 1.0)
 
 
-
 class BoundedBeta(Distribution):
     """Independent Beta distributions mapped onto a Box's bounds: ``low + (high - low) * x``, x ~ Beta(α, β).
 
