@@ -23,6 +23,27 @@ import json
 import torch
 
 
+def scale_noise(policy, scale: float, dims=None) -> None:
+    """Replace ``policy.net`` by the same network with its Gaussian std multiplied by
+    ``scale`` (on ``dims`` only, if given: the other dimensions get a std of 1e-12, i.e.
+    their mean). ``scale`` = 1 leaves the std as it is, so it reproduces ``ppo-core eval
+    --stochastic`` exactly; ``scale`` = 0 changes nothing (use the deterministic actor)."""
+    net = policy.net
+
+    class Scaled(torch.nn.Module):
+        def forward(self, obs):
+            dist, value = net(obs)
+            base = dist.base_dist
+            std = base.scale * scale if scale > 0 else base.scale
+            if dims is not None and scale > 0:
+                mask = torch.zeros(std.shape[-1], dtype=torch.bool)
+                mask[list(dims)] = True
+                std = torch.where(mask, std, torch.full_like(std, 1e-12))
+            return torch.distributions.Independent(torch.distributions.Normal(base.loc, std), 1), value
+
+    policy.net = Scaled()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
@@ -41,23 +62,8 @@ def main(argv=None) -> int:
 
     policy = load_policy(args.run_dir)
     torch.set_num_threads(policy.config.torch_threads)
-    net = policy.net
     dims = None if args.dims is None else sorted(set(args.dims))
-
-    class Scaled(torch.nn.Module):  # the same network, its std multiplied by K
-        def forward(self, obs):
-            dist, value = net(obs)
-            base = dist.base_dist
-            # K = 1 leaves the std as it is, so it reproduces `ppo-core eval --stochastic` exactly
-            scale = base.scale * args.scale if args.scale > 0 else base.scale
-            if dims is not None and args.scale > 0:  # the other dimensions: the mean (a std of 1e-12)
-                mask = torch.zeros(scale.shape[-1], dtype=torch.bool)
-                mask[dims] = True
-                scale = torch.where(mask, scale, torch.full_like(scale, 1e-12))
-            scaled = torch.distributions.Normal(base.loc, scale)
-            return torch.distributions.Independent(scaled, 1), value
-
-    policy.net = Scaled()
+    scale_noise(policy, args.scale, dims)
     act = policy.episode_actor(deterministic=args.scale == 0, seed=args.seed)
     kwargs = {k: v for k, v in policy.config.env_kwargs.items()
               if k not in ("start_seed", "num_scenarios", "traffic_density_range", "scenario_shards")}

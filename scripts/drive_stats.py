@@ -1,0 +1,103 @@
+"""How a trained MetaDrive policy drives: speed and steering, per episode.
+
+A diagnostic for the study (docs/metadrive-study.md). It plays the validation scenarios
+one after another in a single MetaDrive process, with the deterministic policy
+(``--scale 0``, the default) or sampled actions with the std scaled by K (as in
+``scripts/noise_eval.py``), and records for every episode its outcome, the mean and the
+largest speed (km/h), the speed over the last 5 steps, the mean throttle/brake command
+and the mean change of the steering command from one step to the next (actions clipped
+to [-1, 1], as the env applies them). Prints one JSON summary; ``--episodes-out`` writes
+the per-episode lines.
+
+    python scripts/drive_stats.py runs/screen/batch4k-s1 --episodes 50 --episodes-out det.jsonl
+    python scripts/drive_stats.py runs/screen/batch4k-s1 --episodes 50 --scale 1 --episodes-out sto.jsonl
+
+The scenario configuration is that of ``ppo-core eval --start-seed S --num-scenarios
+N``, but one process steps every episode: the physics and the policy's arithmetic are
+then not the evaluator's bit for bit, so single episodes can differ from the evaluation's
+(the rates agree within their noise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from noise_eval import scale_noise
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--scale", type=float, default=0.0,
+                        help="multiplier K of the policy's std (0: the deterministic mean)")
+    parser.add_argument("--episodes", type=int, default=50)
+    parser.add_argument("--start-seed", type=int, default=10_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--episodes-out")
+    args = parser.parse_args(argv)
+    if args.episodes < 1:
+        parser.error(f"--episodes must be >= 1, got {args.episodes}")
+    if args.scale < 0:
+        parser.error(f"--scale must be >= 0, got {args.scale}")
+
+    from ppo_core.envs import metadrive as md
+    from ppo_core.envs.metadrive.env import MetaDriveGymEnv
+    from ppo_core.train import load_policy
+
+    policy = load_policy(args.run_dir)
+    torch.set_num_threads(policy.config.torch_threads)
+    scale_noise(policy, args.scale)
+    act = policy.episode_actor(deterministic=args.scale == 0, seed=args.seed)
+    kwargs = {k: v for k, v in policy.config.env_kwargs.items()
+              if k not in ("start_seed", "num_scenarios", "traffic_density_range", "scenario_shards")}
+    config = md.MetaDriveConfig.from_dict({**kwargs, "start_seed": args.start_seed, "num_scenarios": args.episodes})
+    env = MetaDriveGymEnv(config)
+    low, high = env.action_space.low, env.action_space.high
+    episodes = []
+    try:
+        for i in range(args.episodes):
+            obs, _ = env.reset(options={"scenario": args.start_seed + i})
+            ego = env.metadrive_env.agent
+            speeds, steer, throttle, ret = [], [], [], 0.0
+            while True:
+                a = np.clip(act(obs[None], [i])[0], low, high)
+                obs, reward, terminated, truncated, info = env.step(a)
+                ret += reward
+                speeds.append(float(ego.speed_km_h))
+                steer.append(float(a[0]))
+                throttle.append(float(a[1]))
+                if terminated or truncated:
+                    break
+            m = md.episode_metrics(info, ret, len(speeds))
+            episodes.append({
+                "scenario": args.start_seed + i, **{k: m[k] for k in md.EPISODE_KEYS if k != "scenario"},
+                "mean_speed": float(np.mean(speeds)), "max_speed": float(np.max(speeds)),
+                "end_speed": float(np.mean(speeds[-5:])), "mean_throttle": float(np.mean(throttle)),
+                "steering_change": float(np.mean(np.abs(np.diff(steer)))) if len(steer) > 1 else 0.0,
+            })
+    finally:
+        env.close()
+    if args.episodes_out:
+        with open(args.episodes_out, "w") as f:
+            for e in episodes:
+                f.write(json.dumps(e) + "\n")
+
+    def mean(key, rows):
+        return float(np.mean([e[key] for e in rows])) if rows else None
+
+    failed = [e for e in episodes if e["out_of_road"]]
+    summary = {"run_dir": args.run_dir, "scale": args.scale, "episodes": len(episodes),
+               "success_rate": mean("success", episodes), "out_of_road_rate": mean("out_of_road", episodes),
+               "crash_rate": mean("crash", episodes),
+               **{k: mean(k, episodes) for k in ("mean_speed", "max_speed", "mean_throttle", "steering_change")},
+               "end_speed_out_of_road": mean("end_speed", failed)}
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
