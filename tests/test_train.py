@@ -610,6 +610,105 @@ def test_final_std_config_errors(tmp_path):
         T.Trainer(_small(final_std=0.1), tmp_path / "run")
 
 
+# -- std_scales: a noise level per env ------------------------------------------------
+
+
+def test_scale_std_multiplies_each_rows_std_and_keeps_the_mean():
+    from torch.distributions import Independent, Normal
+    from ppo_core.train.policies import scale_std
+
+    loc, std = torch.randn(3, 2), torch.rand(3, 2) + 0.1
+    k = torch.tensor([1.0, 0.5, 2.0])
+    scaled = scale_std(Independent(Normal(loc, std), 1), k)
+    a = torch.randn(3, 2)
+    torch.testing.assert_close(scaled.log_prob(a), Independent(Normal(loc, std * k[:, None]), 1).log_prob(a))
+    torch.testing.assert_close(scaled.mean, loc)
+    with pytest.raises(ValueError, match="one per row"):
+        scale_std(Independent(Normal(loc, std), 1), k[:2])
+    with pytest.raises(TypeError, match="Gaussian"):
+        scale_std(torch.distributions.Categorical(logits=torch.zeros(3, 2)), k)
+
+
+def test_std_scales_sample_each_env_at_its_noise_and_score_it_there(tmp_path):
+    scales = [1.0, 1.0, 0.25, 0.25]
+    cfg = _small(env_id="Pendulum-v1", num_envs=4, num_steps=256, total_steps=1024, std_scales=scales,
+                 init_log_std=0.0, num_minibatches=1, update_epochs=1)
+    trainer = T.Trainer(cfg, tmp_path / "run")
+    policy = trainer.policy
+    trainer.source.sync_policy(policy)
+    ro = trainer.source.collect(cfg.num_steps)
+    assert ro.std_scales is not None and ro.std_scales.shape == (256, 4)
+    assert ro.std_scales[0].tolist() == scales
+    with torch.no_grad():
+        dist, _ = policy(ro.obs.reshape(-1, ro.obs.shape[-1]))
+        mean = dist.mean.reshape(256, 4, -1)
+        # the stored log-probs are those of the scaled distribution each action came from
+        from ppo_core.train.policies import scale_std
+        scored = scale_std(dist, ro.std_scales.reshape(-1)).log_prob(ro.actions.reshape(-1, ro.actions.shape[-1]))
+    torch.testing.assert_close(scored.reshape(256, 4), ro.log_probs)
+    noise = (ro.actions - mean).std(dim=(0, 2))  # policy std 1 at the start
+    assert 0.85 < float(noise[:2].mean()) < 1.15 and 0.2 < float(noise[2:].mean()) < 0.3
+    # one epoch of one minibatch: the first (and only) step's ratios are exactly 1 when the
+    # update scores each sample where it was drawn; unscaled scores would give a large KL
+    stats = trainer.learn(ro, None)
+    assert abs(stats["approx_kl"]) < 1e-6 and stats["clip_fraction"] == 0.0
+    np.testing.assert_allclose(stats["action_std"], 1.0, rtol=1e-6)  # the policy's own std
+    trainer.close()
+
+
+def test_std_scales_in_pipelined_groups_follow_each_env():
+    import gymnasium
+    from ppo_core.train.normalize import ObsNormalizer, RewardScaler
+    from ppo_core.train.policies import make_mlp_policy, scale_std
+
+    envs = _groups(lambda: gymnasium.make("Pendulum-v1"), 4)
+    policy = make_mlp_policy(envs.single_observation_space, envs.single_action_space,
+                             _small(env_id="Pendulum-v1", init_log_std=0.0))
+    scales = [0.25, 1.0, 1.0, 0.25]  # a low-noise env in each group
+    collector = T.RolloutCollector(envs, policy, ObsNormalizer((3,), enabled=False),
+                                   RewardScaler(4, 0.9, enabled=False), seed=0, std_scales=scales)
+    ro = collector.collect(200)
+    envs.close()
+    with torch.no_grad():
+        dist, _ = policy(ro.obs.reshape(-1, 3))
+    torch.testing.assert_close(scale_std(dist, ro.std_scales.reshape(-1)).log_prob(ro.actions.reshape(-1, 1)),
+                               ro.log_probs.reshape(-1))
+    noise = (ro.actions - dist.mean.reshape(200, 4, 1)).std(dim=(0, 2))
+    assert 0.2 < float(noise[[0, 3]].mean()) < 0.3 and 0.85 < float(noise[[1, 2]].mean()) < 1.15
+
+
+def test_std_scales_of_ones_learn_exactly_as_without(tmp_path):
+    runs = {}
+    for name, extra in (("plain", {}), ("ones", {"std_scales": [1.0, 1.0]})):
+        trainer = T.Trainer(_small(env_id="Pendulum-v1", total_steps=128, **extra), tmp_path / name)
+        trainer.train()
+        runs[name] = [p.detach().clone() for p in trainer.policy.parameters()]
+        trainer.close()
+    for a, b in zip(runs["plain"], runs["ones"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_std_scales_config_errors(tmp_path):
+    from ppo_core.train.overrides import parse_set
+
+    assert parse_set(["std_scales=1,0.25"]) == {"std_scales": [1.0, 0.25]}
+    assert parse_set(["std_scales=[1, 0.25]"]) == {"std_scales": [1, 0.25]}
+    with pytest.raises(T.ConfigError, match="std_scales"):
+        _small(env_id="Pendulum-v1", std_scales=[1.0])  # num_envs = 2
+    with pytest.raises(T.ConfigError, match="std_scales"):
+        _small(env_id="Pendulum-v1", std_scales=[1.0, 0.0])
+    with pytest.raises(T.ConfigError, match="std_scales"):
+        _small(env_id="Pendulum-v1", std_scales=[1.0, float("nan")])
+    with pytest.raises(T.ConfigError, match="std_scales"):
+        _small(env_id="Pendulum-v1", std_scales=[1.0, True])
+    with pytest.raises(T.ConfigError, match="std_scales"):
+        _small(env_id="Pendulum-v1", std_scales=[1.0, 0.5], action_dist="beta", init_log_std=-1.0)
+    with pytest.raises(T.ConfigError, match="std_scales"):
+        _small(env_id="Pendulum-v1", std_scales=[1.0, 0.5], backend="ray")
+    with pytest.raises(T.ConfigError, match="std_scales"):  # CartPole: Discrete actions
+        T.Trainer(_small(std_scales=[1.0, 0.5]), tmp_path / "run")
+
+
 # -- Beta policy (action_dist = "beta") ---------------------------------------------
 
 
@@ -1263,6 +1362,7 @@ def test_set_reads_every_config_field_by_its_type():
     ("anneal_lr=maybe", "anneal_lr takes true or false"),
     ("gamma=high", "gamma takes a number"),
     ("hidden_sizes=a,b", "hidden_sizes takes a list of integers"),
+    ("std_scales=1,x", "std_scales takes a list of numbers"),
     ("env_kwargs=[1]", "env_kwargs takes a JSON object"),
     ("seed", "--set 'seed': expected KEY=VALUE"),
     ("env_id=CartPole-v1", "name the environment with --env"),
@@ -1290,7 +1390,7 @@ def test_the_config_fields_read_without_torch_are_the_dataclass_fields():
     for f in dataclasses.fields(T.PPOConfig):
         read = fields[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        assert read.kind == kind_of(default), f.name
+        assert read.kind == ("list of float" if str(f.type) == "List[float]" else kind_of(default)), f.name
         assert read.doc == docs.get(f.name, "") and read.doc, f.name
         if f.default is not dataclasses.MISSING:
             assert read.default == f.default and type(read.default) is type(f.default), f.name

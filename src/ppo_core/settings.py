@@ -28,10 +28,11 @@ RESUMABLE = ("total_steps", "eval_every_steps", "eval_episodes", "eval_workers",
              "keep_checkpoints", "max_env_restarts", "logger", "stop_at_success")
 
 #: What a field holds, by the name used in error messages.
-KINDS = ("bool", "int", "float", "str", "list of int", "table")
+KINDS = ("bool", "int", "float", "str", "list of int", "list of float", "table")
 
 _ANNOTATION_KINDS = {"bool": "bool", "int": "int", "float": "float", "str": "str", "list": "list of int",
-                     "List[int]": "list of int", "dict": "table", "Dict[str, Any]": "table"}
+                     "List[int]": "list of int", "List[float]": "list of float", "dict": "table",
+                     "Dict[str, Any]": "table"}
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -90,7 +91,8 @@ def config_fields() -> Dict[str, ConfigField]:
 def what_it_takes(kind: str) -> str:
     """What a value of ``kind`` looks like, for an error message."""
     return {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text",
-            "list of int": "a list of integers, e.g. 64,64 or [64, 64]", "table": "a JSON object"}[kind]
+            "list of int": "a list of integers, e.g. 64,64 or [64, 64]",
+            "list of float": "a list of numbers, e.g. 1,0.25 or [1, 0.25]", "table": "a JSON object"}[kind]
 
 
 def parse_value(kind: str, text: str) -> Any:
@@ -115,6 +117,11 @@ def parse_value(kind: str, text: str) -> Any:
         return float(text.replace("_", ""))
     if kind == "list of int":
         value = json.loads(text) if text.startswith("[") else [int(x) for x in text.split(",") if x.strip()]
+        if not isinstance(value, list):
+            raise ValueError(text)
+        return value
+    if kind == "list of float":
+        value = json.loads(text) if text.startswith("[") else [float(x) for x in text.split(",") if x.strip()]
         if not isinstance(value, list):
             raise ValueError(text)
         return value

@@ -102,7 +102,8 @@ def _check_family_flags(flags: Dict[str, Any], env_id: str) -> None:
                            f"(--env {entry.name}), not {env_id!r}")
 
 
-_METAVARS = {"bool": "BOOL", "int": "N", "float": "X", "str": "TEXT", "list of int": "N,N", "table": "JSON"}
+_METAVARS = {"bool": "BOOL", "int": "N", "float": "X", "str": "TEXT", "list of int": "N,N", "list of float": "X,X",
+             "table": "JSON"}
 
 
 def _config_value(key: str) -> Callable[[str], Any]:

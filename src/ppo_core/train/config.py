@@ -137,6 +137,14 @@ class PPOConfig:
     (the same for every action dimension). Exploration then stays wide early and narrows
     late, so that the mean learns to drive with little noise."""
 
+    std_scales: List[float] = field(default_factory=list)
+    """Gaussian policy: one multiplier per environment of the std that environment's actions
+    are sampled with (``num_envs`` positive numbers; empty, the default: 1 for every env).
+    The update scores each sample under the distribution it was drawn from, so each env
+    is on-policy for its own noise level; the mean is shared, so envs with a small scale
+    train the mean to drive with little noise while the others keep exploring. The
+    logged ``action_std`` and evaluation (``--stochastic``) use the policy's own std."""
+
     action_dist: str = "gaussian"
     """Box actions: ``gaussian`` (a diagonal Gaussian, samples clipped to the bounds for the
     env) or ``beta`` (a Beta per dimension on the bounds, Chou et al. 2017: no sample
@@ -320,6 +328,18 @@ class PPOConfig:
         if self.final_std > 0 and (self.state_dependent_std or self.action_dist != "gaussian"):
             raise ConfigError("config key 'final_std' schedules the free log-std of a Gaussian policy; it "
                               "cannot be combined with state_dependent_std or action_dist 'beta'")
+        if self.std_scales:
+            if len(self.std_scales) != self.num_envs or not all(
+                    isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k) and k > 0 for k in self.std_scales):
+                raise ConfigError(f"config key 'std_scales' must be empty or a list of num_envs ({self.num_envs}) "
+                                  f"positive numbers, got {_short(self.std_scales)}")
+            if self.action_dist != "gaussian":
+                raise ConfigError("config key 'std_scales' scales the std of a Gaussian policy; it cannot be "
+                                  "combined with action_dist 'beta'")
+            if self.backend == "ray":
+                raise ConfigError("config key 'std_scales' is not supported with backend 'ray' yet (the actors "
+                                  "would need their envs' scales); use the local backend")
+            self.std_scales = [float(k) for k in self.std_scales]
         if self.action_dist == "beta" and self.state_dependent_std:
             raise ConfigError("config key 'state_dependent_std' applies to action_dist 'gaussian'; a Beta "
                               "policy's concentrations are outputs per state already")

@@ -35,6 +35,7 @@ __all__ = [
     "space_shape",
     "env_action",
     "expected_clipped_action",
+    "scale_std",
     "BoundedBeta",
     "ACTION_DISTS",
 ]
@@ -330,6 +331,18 @@ def expected_clipped_action(mean: torch.Tensor, std: torch.Tensor, low: Any, hig
     tails = torch.where(torch.isfinite(lo), lo * cdf_a, zero) + torch.where(torch.isfinite(hi), hi * (1 - cdf_b), zero)
     out = tails + mean64 * (cdf_b - cdf_a) - std64 * (_normal_pdf(beta) - _normal_pdf(alpha))
     return torch.minimum(torch.maximum(out, lo), hi).to(mean.dtype)
+
+
+def scale_std(dist: Distribution, scales: torch.Tensor) -> Distribution:
+    """The diagonal Gaussian ``dist`` (batch ``(B,)``) with the std of row ``i`` multiplied
+    by ``scales[i]`` (shape ``(B,)``); the mean is unchanged (config key ``std_scales``)."""
+    if not (isinstance(dist, Independent) and isinstance(dist.base_dist, Normal)):
+        raise TypeError(f"std_scales needs a diagonal Gaussian policy (Independent(Normal)), got {type(dist).__name__}")
+    base = dist.base_dist
+    if scales.shape != base.loc.shape[:1]:
+        raise ValueError(f"scales must have shape {tuple(base.loc.shape[:1])} (one per row), got {tuple(scales.shape)}")
+    k = scales.to(base.scale.dtype).reshape(scales.shape + (1,) * (base.scale.dim() - 1))
+    return Independent(Normal(base.loc, base.scale * k), dist.reinterpreted_batch_ndims)
 
 
 def env_action(action: torch.Tensor, action_space: gymnasium.Space) -> np.ndarray:

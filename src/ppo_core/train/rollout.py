@@ -21,7 +21,7 @@ import torch
 from ppo_core import torch as ppo_torch
 
 from .env_groups import EnvGroups
-from .policies import env_action
+from .policies import env_action, scale_std
 
 __all__ = ["Rollout", "RolloutCollector", "final_info_of", "ObsNormalizing", "RewardScaling"]
 
@@ -67,6 +67,9 @@ class Rollout:
     """Per-episode outcomes of the episodes that ended here, from the env family's
     ``episode_metrics(final_info, return, length)`` (MetaDrive: success, crash, ...);
     empty for envs without one."""
+    std_scales: Optional[torch.Tensor] = None
+    """``(T, N)``: the multiplier of the policy's std each action was sampled with (config
+    key ``std_scales``); None: the policy's own std everywhere."""
 
 
 def final_info_of(info: Dict[str, Any], i: int) -> Dict[str, Any]:
@@ -111,7 +114,8 @@ class RolloutCollector:
     def __init__(self, envs: Union[gymnasium.vector.VectorEnv, EnvGroups], policy: Optional[Callable],
                  obs_normalizer: ObsNormalizing, reward_scaler: RewardScaling, seed: Optional[int], *,
                  update_stats_on_reset: bool = True,
-                 episode_metrics_fn: Optional[Callable[..., Dict[str, Any]]] = None) -> None:
+                 episode_metrics_fn: Optional[Callable[..., Dict[str, Any]]] = None,
+                 std_scales: Optional[Any] = None) -> None:
         self.envs: Union[gymnasium.vector.VectorEnv, EnvGroups] = envs
         self.episode_metrics_fn = episode_metrics_fn
         self.policy = policy
@@ -120,6 +124,13 @@ class RolloutCollector:
         self.num_envs = envs.num_envs
         self.action_space = envs.single_action_space
         self.timings = {"env": 0.0, "inference": 0.0}
+        #: ``(N,)`` multipliers of the policy's std, one per env (None: the policy's own std).
+        self.std_scales: Optional[torch.Tensor] = None
+        if std_scales is not None:
+            self.std_scales = torch.as_tensor(std_scales, dtype=torch.float32)
+            if self.std_scales.shape != (self.num_envs,) or not bool(torch.all(self.std_scales > 0)):
+                raise ValueError(f"std_scales must be {self.num_envs} positive numbers (one per env), "
+                                 f"got {std_scales!r}")
         self.replace_envs(envs, seed, update_stats=update_stats_on_reset)
 
     def replace_envs(self, envs: Union[gymnasium.vector.VectorEnv, EnvGroups], seed: Optional[int], *,
@@ -170,6 +181,8 @@ class RolloutCollector:
             for t in range(T):
                 obs = torch.from_numpy(self.obs_normalizer(self.raw_obs))
                 dist, value = policy(obs)
+                if self.std_scales is not None:
+                    dist = scale_std(dist, self.std_scales)
                 action = dist.sample()
                 if actions is None:
                     actions = torch.zeros((T, *action.shape), dtype=action.dtype)
@@ -245,6 +258,8 @@ class RolloutCollector:
             sl = envs.slices[g]
             obs = torch.from_numpy(self.obs_normalizer(self.raw_obs[sl]))
             dist, value = policy(obs)
+            if self.std_scales is not None:
+                dist = scale_std(dist, self.std_scales[sl])
             action = dist.sample()
             if actions is None:
                 actions = torch.zeros((T, N, *action.shape[1:]), dtype=action.dtype)
@@ -307,5 +322,6 @@ class RolloutCollector:
         next_values = ppo_torch.next_values_from(
             b.values, last_values, final_values=b.final_values, done=b.terminated | b.truncated
         )
+        scales = None if self.std_scales is None else self.std_scales.expand(b.values.shape).clone()
         return Rollout(b.obs, actions, b.log_probs, b.values, b.rewards, b.terminated, b.truncated, next_values,
-                       b.ep_returns, b.ep_lengths, b.ep_metrics)
+                       b.ep_returns, b.ep_lengths, b.ep_metrics, scales)

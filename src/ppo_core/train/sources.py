@@ -158,7 +158,8 @@ class VectorEnvSource:
             family_fns = episode_metrics_fns(self.env) if isinstance(self.env, str) else None
             self.collector = RolloutCollector(self.envs, None, self.obs_normalizer, self.reward_scaler, self.seed,
                                               update_stats_on_reset=update_stats_on_reset,
-                                              episode_metrics_fn=family_fns[0] if family_fns else None)
+                                              episode_metrics_fn=family_fns[0] if family_fns else None,
+                                              std_scales=config.std_scales or None)
         except BaseException:
             self.envs.close()
             raise

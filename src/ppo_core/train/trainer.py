@@ -24,6 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Union
 
+import gymnasium
 import numpy as np
 import torch
 from torch import nn
@@ -145,6 +146,9 @@ class Trainer:
             self.observation_space = source.observation_space
             self.action_space = source.action_space
             self.policy = (policy_factory or make_mlp_policy)(self.observation_space, self.action_space, config)
+            if config.std_scales and not isinstance(self.action_space, gymnasium.spaces.Box):
+                raise ConfigError("config key 'std_scales' scales a Gaussian policy's std; this env's actions "
+                                  f"are {self.action_space}")
             self._scheduled_log_std: Optional[torch.nn.Parameter] = None
             if config.final_std > 0:  # the log-std follows a schedule (train()), not the gradient
                 log_std = getattr(self.policy, "log_std", None)
@@ -393,6 +397,9 @@ class Trainer:
                 env_before = self.source.timings["env"]
                 self.source.sync_policy(self.policy)
                 rollout = self.source.collect(cfg.num_steps)
+                if cfg.std_scales and rollout.std_scales is None:
+                    raise ConfigError("config key 'std_scales' is set, but the rollout source "
+                                      f"({type(self.source).__name__}) did not apply it (Rollout.std_scales is None)")
                 timer.mark("inference", inside={"env": self.source.timings["env"] - env_before})
                 self.global_step += cfg.batch_size
                 self._session_steps += cfg.batch_size

@@ -27,7 +27,7 @@ from torch.distributions import Independent, Normal
 from ppo_core import torch as ppo_torch
 
 from .config import PPOConfig
-from .policies import BoundedBeta
+from .policies import BoundedBeta, scale_std
 from .rollout import Rollout
 from .timing import UpdateTimer
 
@@ -144,6 +144,7 @@ class PPOUpdate:
         old_values = rollout.values.reshape(-1)
         advantages = advantages.reshape(-1).float()
         returns = returns.reshape(-1).float()
+        std_scales = None if rollout.std_scales is None else rollout.std_scales.reshape(-1)
 
         n = obs.shape[0]
         mb_size = n // cfg.num_minibatches
@@ -158,7 +159,9 @@ class PPOUpdate:
             epoch_kl, epoch_batches = 0.0, 0
             for start in range(0, mb_size * cfg.num_minibatches, mb_size):
                 idx = perm[start:start + mb_size]
-                dist, new_values = self.policy(obs[idx])
+                own_dist, new_values = self.policy(obs[idx])
+                # each sample is scored under the distribution it was drawn from (std_scales)
+                dist = own_dist if std_scales is None else scale_std(own_dist, std_scales[idx])
                 mb_adv = advantages[idx]
                 if cfg.norm_adv:
                     mb_adv = normalize_advantages(mb_adv)
@@ -175,10 +178,10 @@ class PPOUpdate:
                 for k, v in out.stats.items():
                     sums[k] = sums.get(k, 0.0) + v
                 if has_std is None:
-                    has_std = (isinstance(dist, Independent) and isinstance(dist.base_dist, Normal)) \
-                        or isinstance(dist, BoundedBeta)
-                if has_std:
-                    std_sum += float(dist.stddev.detach().mean())
+                    has_std = (isinstance(own_dist, Independent) and isinstance(own_dist.base_dist, Normal)) \
+                        or isinstance(own_dist, BoundedBeta)
+                if has_std:  # the policy's own std, not the scaled one of std_scales
+                    std_sum += float(own_dist.stddev.detach().mean())
                 epoch_kl += out.approx_kl
                 epoch_batches += 1
                 count += 1
