@@ -1,5 +1,6 @@
 """The PPO trainer: config, rollouts and bootstrapping, update, checkpoints, CLI, learning."""
 
+import dataclasses
 import io
 import json
 import logging
@@ -653,7 +654,30 @@ def test_std_scales_sample_each_env_at_its_noise_and_score_it_there(tmp_path):
     stats = trainer.learn(ro, None)
     assert abs(stats["approx_kl"]) < 1e-6 and stats["clip_fraction"] == 0.0
     np.testing.assert_allclose(stats["action_std"], 1.0, rtol=1e-6)  # the policy's own std
+    np.testing.assert_allclose(stats["entropy"], 0.5 * math.log(2 * math.pi * math.e), rtol=1e-6)  # and entropy
     trainer.close()
+
+
+@pytest.mark.parametrize("bad", ["none", "ones"])
+def test_a_source_that_ignores_std_scales_is_refused(tmp_path, bad):
+    cfg = _small(env_id="Pendulum-v1", std_scales=[1.0, 0.5])
+    trainer = T.Trainer(cfg, tmp_path / "run")
+    collect = trainer.source.collect
+    scales = None if bad == "none" else torch.ones(cfg.num_steps, cfg.num_envs)
+    trainer.source.collect = lambda n: dataclasses.replace(collect(n), std_scales=scales)
+    with pytest.raises(T.ConfigError, match=r"'std_scales' is \[1.0, 0.5\], but the rollout source"):
+        trainer.train()
+    trainer.close()
+
+
+def test_a_run_with_std_scales_resumes_with_them(tmp_path):
+    cfg = _small(env_id="Pendulum-v1", std_scales=[1.0, 0.5], total_steps=64)
+    T.Trainer(cfg, tmp_path / "run").train()
+    resumed = T.Trainer.resume(tmp_path / "run", total_steps=128)
+    assert resumed.config.std_scales == [1.0, 0.5]
+    resumed.train()
+    assert resumed.global_step == 128
+    resumed.close()
 
 
 def test_std_scales_in_pipelined_groups_follow_each_env():

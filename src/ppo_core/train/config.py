@@ -140,10 +140,14 @@ class PPOConfig:
     std_scales: List[float] = field(default_factory=list)
     """Gaussian policy: one multiplier per environment of the std that environment's actions
     are sampled with (``num_envs`` positive numbers; empty, the default: 1 for every env).
-    The update scores each sample under the distribution it was drawn from, so each env
-    is on-policy for its own noise level; the mean is shared, so envs with a small scale
-    train the mean to drive with little noise while the others keep exploring. The
-    logged ``action_std`` and evaluation (``--stochastic``) use the policy's own std."""
+    The update scores each sample under the distribution it was drawn from, so the
+    importance ratios are those of the env's own noise level; the mean (and the critic,
+    which does not see the scale) is shared, so envs with a small scale train the mean
+    to drive with little noise while the others keep exploring. A small scale k makes
+    its samples' ratios move about 1/k times as fast, so they weigh more in
+    ``clip_fraction``, the KL and a ``target_kl`` stop. The logged ``action_std`` and
+    ``entropy`` and evaluation (``--stochastic``) use the policy's own std. Local
+    backend only (``backend = "ray"`` is refused)."""
 
     action_dist: str = "gaussian"
     """Box actions: ``gaussian`` (a diagonal Gaussian, samples clipped to the bounds for the

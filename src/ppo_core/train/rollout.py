@@ -128,7 +128,8 @@ class RolloutCollector:
         self.std_scales: Optional[torch.Tensor] = None
         if std_scales is not None:
             self.std_scales = torch.as_tensor(std_scales, dtype=torch.float32)
-            if self.std_scales.shape != (self.num_envs,) or not bool(torch.all(self.std_scales > 0)):
+            if self.std_scales.shape != (self.num_envs,) or not bool(
+                    torch.all((self.std_scales > 0) & torch.isfinite(self.std_scales))):
                 raise ValueError(f"std_scales must be {self.num_envs} positive numbers (one per env), "
                                  f"got {std_scales!r}")
         self.replace_envs(envs, seed, update_stats=update_stats_on_reset)

@@ -397,9 +397,8 @@ class Trainer:
                 env_before = self.source.timings["env"]
                 self.source.sync_policy(self.policy)
                 rollout = self.source.collect(cfg.num_steps)
-                if cfg.std_scales and rollout.std_scales is None:
-                    raise ConfigError("config key 'std_scales' is set, but the rollout source "
-                                      f"({type(self.source).__name__}) did not apply it (Rollout.std_scales is None)")
+                if cfg.std_scales:
+                    self._check_std_scales(rollout)
                 timer.mark("inference", inside={"env": self.source.timings["env"] - env_before})
                 self.global_step += cfg.batch_size
                 self._session_steps += cfg.batch_size
@@ -503,6 +502,15 @@ class Trainer:
             self.metrics = None
         if getattr(self, "_lock", None) is not None:
             self._lock.release()
+
+    def _check_std_scales(self, rollout: Rollout) -> None:
+        """A source must sample with the config's ``std_scales`` and say so in the rollout."""
+        got = rollout.std_scales
+        expected = torch.tensor(self.config.std_scales, dtype=torch.float32).expand(rollout.values.shape)
+        if got is None or got.shape != expected.shape or not torch.equal(got.float(), expected):
+            what = "None" if got is None else f"shape {tuple(got.shape)}, first row {got[0].tolist()}"
+            raise ConfigError(f"config key 'std_scales' is {self.config.std_scales}, but the rollout source "
+                              f"({type(self.source).__name__}) returned Rollout.std_scales = {what}")
 
     def learn(self, rollout: Rollout, timer: Optional[UpdateTimer] = None) -> Dict[str, float]:
         """One PPO update on ``rollout`` (:attr:`updater`): advantages, then minibatch epochs.

@@ -46,9 +46,13 @@ class Minibatch:
     advantages: torch.Tensor
     returns: torch.Tensor
     dist: Any
-    """The policy's action distribution on ``obs``."""
+    """The distribution each sample is scored under: the policy's on ``obs`` (with
+    ``std_scales``, each row's std multiplied by the scale it was sampled with)."""
     new_log_prob: torch.Tensor
     new_values: torch.Tensor
+    policy_dist: Any = None
+    """The policy's own distribution on ``obs`` when it differs from ``dist`` (``std_scales``);
+    None: ``dist``. Entropy statistics and bonuses are taken from it."""
 
 
 @dataclass
@@ -84,7 +88,8 @@ class PPOLoss:
                 setattr(self, name, getattr(policy_loss, name))
 
     def __call__(self, mb: Minibatch, config: PPOConfig) -> LossOutput:
-        entropy = mb.dist.entropy().mean()
+        # the policy's own entropy (with std_scales the scaled one differs by a constant only)
+        entropy = (mb.dist if mb.policy_dist is None else mb.policy_dist).entropy().mean()
         pg = self.policy_loss(mb.new_log_prob, mb.old_log_prob, mb.advantages, clip_coef=config.clip_coef)
         vf_clip = config.vf_clip_coef if config.vf_clip_coef > 0 else None
         vl = ppo_torch.clipped_value_loss(mb.new_values, mb.old_values, mb.returns, clip_coef=vf_clip)
@@ -166,7 +171,8 @@ class PPOUpdate:
                 if cfg.norm_adv:
                     mb_adv = normalize_advantages(mb_adv)
                 mb = Minibatch(obs[idx], actions[idx], old_log_probs[idx], old_values[idx], mb_adv, returns[idx],
-                               dist, dist.log_prob(actions[idx]), new_values)
+                               dist, dist.log_prob(actions[idx]), new_values,
+                               None if std_scales is None else own_dist)
                 out = self.loss(mb, cfg)
 
                 self.optimizer.zero_grad(set_to_none=True)
