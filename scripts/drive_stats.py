@@ -52,8 +52,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(policy.config.torch_threads)
     scale_noise(policy, args.scale)
     act = policy.episode_actor(deterministic=args.scale == 0, seed=args.seed)
-    kwargs = {k: v for k, v in policy.config.env_kwargs.items()
-              if k not in ("start_seed", "num_scenarios", "traffic_density_range", "scenario_shards")}
+    kwargs = {k: v for k, v in policy.config.env_kwargs.items() if k not in md.TRAINING_ONLY}
     config = md.MetaDriveConfig.from_dict({**kwargs, "start_seed": args.start_seed, "num_scenarios": args.episodes})
     env = MetaDriveGymEnv(config)
     low, high = env.action_space.low, env.action_space.high

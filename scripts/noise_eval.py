@@ -65,8 +65,7 @@ def main(argv=None) -> int:
     dims = None if args.dims is None else sorted(set(args.dims))
     scale_noise(policy, args.scale, dims)
     act = policy.episode_actor(deterministic=args.scale == 0, seed=args.seed)
-    kwargs = {k: v for k, v in policy.config.env_kwargs.items()
-              if k not in ("start_seed", "num_scenarios", "traffic_density_range", "scenario_shards")}
+    kwargs = {k: v for k, v in policy.config.env_kwargs.items() if k not in md.TRAINING_ONLY}
     config = md.MetaDriveConfig.from_dict({**kwargs, "start_seed": args.start_seed, "num_scenarios": args.episodes})
     result = md.evaluate_policy(act, config, episodes=args.episodes, start_seed=args.start_seed,
                                 num_scenarios=args.episodes, num_workers=args.workers, return_episodes=True,

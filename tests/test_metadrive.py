@@ -310,6 +310,26 @@ def test_traffic_density_range_draws_a_density_per_reset(make_env):
         md.MetaDriveConfig(traffic_density_range=[0.3, 0.1])
 
 
+def test_train_overrides_shape_training_only():
+    from ppo_core.envs.metadrive.family import MetaDriveFamily
+
+    cfg = SMALL.replace(overrides={"speed_reward": 0.2}, train_overrides={"out_of_road_penalty": 20.0},
+                        traffic_density_range=[0.05, 0.2], scenario_shards=2)
+    d = cfg.metadrive_dict()
+    assert d["out_of_road_penalty"] == 20.0 and d["speed_reward"] == 0.2  # training: both
+    ev = cfg.for_evaluation(10000, 20)
+    d = ev.metadrive_dict()
+    assert "out_of_road_penalty" not in d and d["speed_reward"] == 0.2  # evaluation: overrides only
+    assert (ev.start_seed, ev.num_scenarios, ev.traffic_density_range, ev.scenario_shards) == (10000, 20, None, 1)
+    assert ev.traffic_density == cfg.traffic_density and ev.horizon == cfg.horizon
+    # `ppo-core eval` and the periodic evaluation drop them too
+    setup = MetaDriveFamily().eval_setup(cfg.to_dict(), 5, {})
+    assert setup.config.train_overrides == {} and setup.config.overrides == {"speed_reward": 0.2}
+    assert "train_overrides" in md.TRAINING_ONLY
+    with pytest.raises(ValueError, match="train_overrides must be a table"):
+        md.MetaDriveConfig(train_overrides=[("speed_reward", 0.0)])
+
+
 def test_scenario_shards_keep_each_env_on_its_share_of_the_maps():
     cfg = SMALL.replace(scenario_shards=4)  # 10 scenarios: shards {0,4,8}, {1,5,9}, {2,6}, {3,7}
     envs = [md.MetaDriveGymEnv(cfg, seed=100 + i) for i in range(4)]  # consecutive seeds: shards 0..3

@@ -43,7 +43,7 @@ Design notes (measured facts are in ``docs/metadrive-notes.md``):
 from __future__ import annotations
 
 from .assets import ALLOW_DOWNLOAD_ENV, asset_status, ensure_offline_assets
-from .config import (EVAL_START_SEED, RESERVED_START_SEED, TEST_START_SEED, TRAIN_SCENARIO_LIMIT,
+from .config import (EVAL_START_SEED, RESERVED_START_SEED, TEST_START_SEED, TRAIN_SCENARIO_LIMIT, TRAINING_ONLY,
                      VALIDATION_START_SEED, MetaDriveConfig, scenario_for_seed)
 from .env import MetaDriveGymEnv, make_metadrive_env, make_vector_env
 from .evaluator import ActFn, EvalWorkerError, ParallelEvaluator, evaluate_policy
@@ -57,6 +57,7 @@ __all__ = [
     "TEST_START_SEED",
     "RESERVED_START_SEED",
     "TRAIN_SCENARIO_LIMIT",
+    "TRAINING_ONLY",
     "METRIC_KEYS",
     "ActFn",
     "EPISODE_KEYS",

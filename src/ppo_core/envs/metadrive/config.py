@@ -71,7 +71,12 @@ class MetaDriveConfig:
             density uniformly from this range (from the env's seeded generator) instead
             of using ``traffic_density``. A training option: evaluation always runs at
             the fixed ``traffic_density``.
-        overrides: Extra raw MetaDrive config entries, applied last.
+        overrides: Extra raw MetaDrive config entries, applied after the options above
+            (in training and in evaluation).
+        train_overrides: Raw MetaDrive config entries for training only, applied last
+            (e.g. reward terms: ``{"out_of_road_penalty": 20.0}``). Evaluation, both
+            ``ppo-core eval`` and the periodic held-out evaluation, runs without them, so
+            its returns stay in MetaDrive's own reward and compare across runs.
     """
 
     num_scenarios: int = 100
@@ -86,8 +91,14 @@ class MetaDriveConfig:
     traffic_density_range: Optional[List[float]] = None
     scenario_shards: int = 1
     overrides: Dict[str, Any] = field(default_factory=dict)
+    train_overrides: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("overrides", "train_overrides"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise ValueError(f"{name} must be a table of MetaDrive config entries (string keys), "
+                                 f"got {value!r}")
         if not isinstance(self.scenario_shards, int) or isinstance(self.scenario_shards, bool) \
                 or not 1 <= self.scenario_shards <= self.num_scenarios:
             raise ValueError(f"scenario_shards must be an integer in [1, num_scenarios={self.num_scenarios}], "
@@ -144,7 +155,20 @@ class MetaDriveConfig:
             log_level=self.log_level,
         )
         d.update(self.overrides)
+        d.update(self.train_overrides)
         return d
+
+    def for_evaluation(self, start_seed: int, num_scenarios: int) -> "MetaDriveConfig":
+        """This config on the evaluation range ``[start_seed, start_seed + num_scenarios)``,
+        without its training-only options (:data:`TRAINING_ONLY`): one fixed traffic
+        density, no sharding, no ``train_overrides``."""
+        return self.replace(start_seed=start_seed, num_scenarios=num_scenarios, traffic_density_range=None,
+                            scenario_shards=1, train_overrides={})
+
+
+#: The options that only shape training (the range, its sharding, traffic randomization,
+#: training-only MetaDrive entries); evaluation runs one fixed range without them.
+TRAINING_ONLY = ("start_seed", "num_scenarios", "traffic_density_range", "scenario_shards", "train_overrides")
 
 
 def scenario_for_seed(seed: int, start_seed: int, num_scenarios: int) -> int:

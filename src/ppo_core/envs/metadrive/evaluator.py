@@ -331,7 +331,8 @@ def evaluate_policy(
     Args:
         act_fn: ``obs (n, obs_dim) float32 -> actions (n, 2)``.
         config: Other MetaDrive options (traffic density, horizon, ...); its
-            ``start_seed``/``num_scenarios`` are replaced by the arguments.
+            ``start_seed``/``num_scenarios`` are replaced by the arguments, and its
+            training-only options (:data:`~.config.TRAINING_ONLY`) are dropped.
         episodes: Number of episodes.
         start_seed: First evaluation scenario (default :data:`EVAL_START_SEED`).
         num_scenarios: Size of the evaluation range.
@@ -349,8 +350,8 @@ def evaluate_policy(
     base = config if config is not None else MetaDriveConfig()
     # Caching maps only pays when a scenario is visited twice; otherwise it only costs
     # memory (about 5 MB per map, measured).
-    cfg = base.replace(start_seed=start_seed, num_scenarios=num_scenarios, scenario_shards=1,
-                       store_map=base.store_map and episodes > num_scenarios)
+    cfg = base.for_evaluation(start_seed, num_scenarios)
+    cfg = cfg.replace(store_map=cfg.store_map and episodes > num_scenarios)
     workers = num_workers if num_workers is not None else (os.cpu_count() or 1)
     workers = max(1, min(workers, episodes))
     scenarios = [scenario_for_seed(start_seed + i, start_seed, num_scenarios) for i in range(episodes)]

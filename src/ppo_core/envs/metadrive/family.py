@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..registry import EnvFamily
-from .config import EVAL_START_SEED, MetaDriveConfig
+from .config import EVAL_START_SEED, TRAINING_ONLY, MetaDriveConfig
 from .env import make_vector_env
 from .evaluator import EvalWorkerError, ParallelEvaluator, evaluate_policy
 from .gif import write_topdown_gif
@@ -37,8 +37,6 @@ PRESET = dict(
     env_kwargs=ENV_KWARGS, eval_every_steps=200_000, eval_episodes=20, eval_start_seed=EVAL_START_SEED,
 )
 
-#: Run options that only shape training; evaluation runs one fixed range at one density.
-_TRAINING_ONLY = ("start_seed", "num_scenarios", "traffic_density_range", "scenario_shards")
 
 
 def _is_int(v: Any) -> bool:
@@ -111,10 +109,9 @@ class MetaDriveFamily(EnvFamily):
         return summarize_episodes(episodes)
 
     def evaluator(self, env_kwargs: Dict[str, Any], start_seed: int, episodes: int, workers: int) -> Any:
-        # Held-out scenarios at the fixed traffic density, whatever training randomized.
+        # Held-out scenarios at the fixed traffic density, without training-only options.
         base = MetaDriveConfig.from_dict(env_kwargs)
-        ev_cfg = base.replace(start_seed=start_seed, num_scenarios=episodes, traffic_density_range=None,
-                              scenario_shards=1)
+        ev_cfg = base.for_evaluation(start_seed, episodes)
         return ParallelEvaluator(ev_cfg, min(workers, episodes))
 
     def eval_setup(self, env_kwargs: Dict[str, Any], episodes: int, options: Dict[str, Any]) -> EvalSetup:
@@ -122,7 +119,7 @@ class MetaDriveFamily(EnvFamily):
         # defaults to unseen scenarios: S = 10000, K = N (each scenario once). Training-only
         # options are dropped: evaluation runs at a fixed density, the run's traffic_density
         # unless --traffic-density says otherwise.
-        kwargs = {k: v for k, v in env_kwargs.items() if k not in _TRAINING_ONLY}
+        kwargs = {k: v for k, v in env_kwargs.items() if k not in TRAINING_ONLY}
         kwargs.update({k: options[k] for k in ("traffic_density", "horizon") if options.get(k) is not None})
         start = EVAL_START_SEED if options.get("start_seed") is None else options["start_seed"]
         k = episodes if options.get("num_scenarios") is None else options["num_scenarios"]
