@@ -85,6 +85,23 @@ def test_ray_rollouts_keep_the_contract_bit_for_bit(terminate):
     assert a.episode_returns == b.episode_returns
 
 
+def test_std_scales_reach_each_actors_envs():
+    cfg = _config(env_id="Pendulum-v1", num_envs=4, num_workers=2, init_log_std=0.0,
+                  std_scales=[1.0, 0.25, 0.5, 1.0])
+    remote = RaySource(cfg, seed=0)
+    try:
+        policy = T.make_mlp_policy(remote.observation_space, remote.action_space, cfg)
+        remote.sync_policy(policy)
+        ro = remote.collect(300)
+    finally:
+        remote.close()
+    assert ro.std_scales.shape == (300, 4) and ro.std_scales[0].tolist() == cfg.std_scales
+    with torch.no_grad():
+        dist, _ = policy(ro.obs.reshape(-1, 3))
+    noise = (ro.actions - dist.mean.reshape(300, 4, 1)).std(dim=(0, 2))
+    np.testing.assert_allclose(noise.numpy(), cfg.std_scales, rtol=0.15)  # policy std 1 at the start
+
+
 def test_observation_statistics_merge_the_actors_moments():
     cfg = _config(num_envs=4, num_workers=2, normalize_obs=True)
     local = T.VectorEnvSource(cfg.replace(backend="local"), countdown(False), seed=0)

@@ -727,8 +727,6 @@ def test_std_scales_config_errors(tmp_path):
         _small(env_id="Pendulum-v1", std_scales=[1.0, True])
     with pytest.raises(T.ConfigError, match="std_scales"):
         _small(env_id="Pendulum-v1", std_scales=[1.0, 0.5], action_dist="beta", init_log_std=-1.0)
-    with pytest.raises(T.ConfigError, match="std_scales"):
-        _small(env_id="Pendulum-v1", std_scales=[1.0, 0.5], backend="ray")
     with pytest.raises(T.ConfigError, match="std_scales"):  # CartPole: Discrete actions
         T.Trainer(_small(std_scales=[1.0, 0.5]), tmp_path / "run")
 

@@ -146,8 +146,8 @@ class PPOConfig:
     to drive with little noise while the others keep exploring. A small scale k makes
     its samples' ratios move about 1/k times as fast, so they weigh more in
     ``clip_fraction``, the KL and a ``target_kl`` stop. The logged ``action_std`` and
-    ``entropy`` and evaluation (``--stochastic``) use the policy's own std. Local
-    backend only (``backend = "ray"`` is refused)."""
+    ``entropy`` and evaluation (``--stochastic``) use the policy's own std. With
+    ``backend = "ray"``, actor k's M envs take scales ``k*M .. k*M + M - 1``."""
 
     action_dist: str = "gaussian"
     """Box actions: ``gaussian`` (a diagonal Gaussian, samples clipped to the bounds for the
@@ -340,9 +340,6 @@ class PPOConfig:
             if self.action_dist != "gaussian":
                 raise ConfigError("config key 'std_scales' scales the std of a Gaussian policy; it cannot be "
                                   "combined with action_dist 'beta'")
-            if self.backend == "ray":
-                raise ConfigError("config key 'std_scales' is not supported with backend 'ray' yet (the actors "
-                                  "would need their envs' scales); use the local backend")
             self.std_scales = [float(k) for k in self.std_scales]
         if self.action_dist == "beta" and self.state_dependent_std:
             raise ConfigError("config key 'state_dependent_std' applies to action_dist 'gaussian'; a Beta "

@@ -106,8 +106,10 @@ class RolloutWorker:
         self.reward_scaler = RewardScaler(num_envs, config.gamma, enabled=config.normalize_reward,
                                           clip=config.reward_clip)
         fns = episode_metrics_fns(env) if isinstance(env, str) else None
+        # this actor's envs are envs index * M .. index * M + M - 1 of the run
+        scales = config.std_scales[index * num_envs:(index + 1) * num_envs] or None
         self.collector = RolloutCollector(self.envs, None, self.obs_stats, self.reward_scaler, seed,
-                                          episode_metrics_fn=fns[0] if fns else None)
+                                          episode_metrics_fn=fns[0] if fns else None, std_scales=scales)
         self.net: Optional[nn.Module] = None
 
     def ready(self) -> Dict[str, Any]:
@@ -150,9 +152,13 @@ def _stack(fragments: List[Rollout]) -> Rollout:
     cat = {name: torch.cat([getattr(f, name) for f in fragments], dim=1)
            for name in ("obs", "actions", "log_probs", "values", "rewards", "terminated", "truncated",
                         "next_values")}
+    scales = [f.std_scales for f in fragments if f.std_scales is not None]
+    if scales and len(scales) != len(fragments):
+        raise ValueError("std_scales: some fragments were sampled with scales, others without")
     return Rollout(**cat, episode_returns=[x for f in fragments for x in f.episode_returns],
                    episode_lengths=[x for f in fragments for x in f.episode_lengths],
-                   episode_metrics=[x for f in fragments for x in f.episode_metrics])
+                   episode_metrics=[x for f in fragments for x in f.episode_metrics],
+                   std_scales=torch.cat(scales, dim=1) if scales else None)
 
 
 class RaySource:
