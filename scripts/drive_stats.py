@@ -5,9 +5,12 @@ one after another in a single MetaDrive process, with the deterministic policy
 (``--scale 0``, the default) or sampled actions with the std scaled by K (as in
 ``scripts/noise_eval.py``), and records for every episode its outcome, the mean and the
 largest speed (km/h), the speed over the last 5 steps, the mean throttle/brake command
-and the mean change of the steering command from one step to the next (actions clipped
-to [-1, 1], as the env applies them). Prints one JSON summary; ``--episodes-out`` writes
-the per-episode lines.
+the mean change of the steering command from one step to the next (actions clipped
+to [-1, 1], as the env applies them), the map's block sequence (MetaDrive's block IDs:
+``I`` the first block, ``S`` straight, ``C`` curve, ``r``/``R`` on/off ramp, ``X``
+intersection, ``T`` T-intersection, ``O`` roundabout, ...) and the block of the lane the
+car was on at the end. Prints one JSON summary, with the failures counted by that end
+block; ``--episodes-out`` writes the per-episode lines.
 
     python scripts/drive_stats.py runs/screen/batch4k-s1 --episodes 50 --episodes-out det.jsonl
     python scripts/drive_stats.py runs/screen/batch4k-s1 --episodes 50 --scale 1 --episodes-out sto.jsonl
@@ -21,12 +24,21 @@ then not the evaluator's bit for bit, so single episodes can differ from the eva
 from __future__ import annotations
 
 import argparse
+import collections
 import json
+import re
 
 import numpy as np
 import torch
 
 from noise_eval import scale_noise
+
+
+def block_of(node: str) -> str:
+    """The block ID in a MetaDrive road node name (``"2X1_0_"``: block 2, an intersection);
+    the first block's nodes (``">"``, ``">>"``, ...) give ``I``."""
+    m = re.match(r"^-?\d+(\D)", node)
+    return m.group(1) if m else "I"
 
 
 def main(argv=None) -> int:
@@ -61,6 +73,7 @@ def main(argv=None) -> int:
         for i in range(args.episodes):
             obs, _ = env.reset(options={"scenario": args.start_seed + i})
             ego = env.metadrive_env.agent
+            blocks = "".join(b.ID for b in env.metadrive_env.engine.current_map.blocks)
             speeds, steer, throttle, ret = [], [], [], 0.0
             while True:
                 a = np.clip(act(obs[None], [i])[0], low, high)
@@ -77,6 +90,7 @@ def main(argv=None) -> int:
                 "mean_speed": float(np.mean(speeds)), "max_speed": float(np.max(speeds)),
                 "end_speed": float(np.mean(speeds[-5:])), "mean_throttle": float(np.mean(throttle)),
                 "steering_change": float(np.mean(np.abs(np.diff(steer)))) if len(steer) > 1 else 0.0,
+                "blocks": blocks, "end_block": block_of(ego.lane_index[1]),
             })
     finally:
         env.close()
@@ -93,7 +107,9 @@ def main(argv=None) -> int:
                "success_rate": mean("success", episodes), "out_of_road_rate": mean("out_of_road", episodes),
                "crash_rate": mean("crash", episodes),
                **{k: mean(k, episodes) for k in ("mean_speed", "max_speed", "mean_throttle", "steering_change")},
-               "end_speed_out_of_road": mean("end_speed", failed)}
+               "end_speed_out_of_road": mean("end_speed", failed),
+               "failures_by_end_block": dict(sorted(collections.Counter(
+                   e["end_block"] for e in episodes if not e["success"]).items()))}
     print(json.dumps(summary))
     return 0
 
