@@ -330,6 +330,22 @@ def test_train_overrides_shape_training_only():
         md.MetaDriveConfig(train_overrides=[("speed_reward", 0.0)])
 
 
+def test_block_probabilities_reweight_the_training_maps_only(make_env):
+    weights = {"StdInterSection": 1, "Straight": 1}
+    env = make_env(SMALL.replace(block_probabilities=weights, horizon=5))
+    for scenario in range(4):
+        env.reset(options={"scenario": scenario})
+        blocks = [b.ID for b in env.metadrive_env.engine.current_map.blocks]
+        assert blocks[0] == "I" and set(blocks[1:]) <= {"X", "S"} and len(blocks) == 4, blocks
+    assert SMALL.replace(block_probabilities=weights).for_evaluation(10000, 5).block_probabilities is None
+    assert "block_probabilities" in md.TRAINING_ONLY
+    with pytest.raises(ValueError, match="unknown MetaDrive block type 'Curvy'"):
+        SMALL.replace(block_probabilities={"Curvy": 1.0}).metadrive_dict()
+    for bad in ({}, {"Curve": -1.0}, {"Curve": 0.0}, {"Curve": float("nan")}, [("Curve", 1.0)]):
+        with pytest.raises(ValueError, match="block_probabilities"):
+            md.MetaDriveConfig(block_probabilities=bad)
+
+
 def test_scenario_shards_keep_each_env_on_its_share_of_the_maps():
     cfg = SMALL.replace(scenario_shards=4)  # 10 scenarios: shards {0,4,8}, {1,5,9}, {2,6}, {3,7}
     envs = [md.MetaDriveGymEnv(cfg, seed=100 + i) for i in range(4)]  # consecutive seeds: shards 0..3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -71,6 +72,13 @@ class MetaDriveConfig:
             density uniformly from this range (from the env's seeded generator) instead
             of using ``traffic_density``. A training option: evaluation always runs at
             the fixed ``traffic_density``.
+        block_probabilities: ``{block class name: weight}``: generate the maps with these
+            block-type probabilities (normalized; block types not named get 0) instead
+            of MetaDrive's (``PGBlockDistConfig.BLOCK_TYPE_DISTRIBUTION_V2``: curve 0.3,
+            straight and the two ramps 0.1 each, ``StdInterSection`` and
+            ``StdTInterSection`` 0.15 each, ``Roundabout`` 0.1). A training option: it
+            changes which maps scenarios ``0 ..`` are; evaluation always uses
+            MetaDrive's own maps.
         overrides: Extra raw MetaDrive config entries, applied after the options above
             (in training and in evaluation).
         train_overrides: Raw MetaDrive config entries for training only, applied last
@@ -90,6 +98,7 @@ class MetaDriveConfig:
     log_level: int = logging.WARNING
     traffic_density_range: Optional[List[float]] = None
     scenario_shards: int = 1
+    block_probabilities: Optional[Dict[str, float]] = None
     overrides: Dict[str, Any] = field(default_factory=dict)
     train_overrides: Dict[str, Any] = field(default_factory=dict)
 
@@ -99,6 +108,14 @@ class MetaDriveConfig:
             if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
                 raise ValueError(f"{name} must be a table of MetaDrive config entries (string keys), "
                                  f"got {value!r}")
+        if self.block_probabilities is not None:
+            p = self.block_probabilities
+            if (not isinstance(p, Mapping) or not p or not all(isinstance(k, str) for k in p)
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                               and v >= 0 for v in p.values()) or sum(p.values()) <= 0):
+                raise ValueError("block_probabilities must be a table of MetaDrive block class names to "
+                                 f"non-negative weights with a positive sum, got {p!r}")
+            self.block_probabilities = {k: float(v) for k, v in p.items()}
         if not isinstance(self.scenario_shards, int) or isinstance(self.scenario_shards, bool) \
                 or not 1 <= self.scenario_shards <= self.num_scenarios:
             raise ValueError(f"scenario_shards must be an integer in [1, num_scenarios={self.num_scenarios}], "
@@ -154,6 +171,8 @@ class MetaDriveConfig:
             image_observation=False,
             log_level=self.log_level,
         )
+        if self.block_probabilities is not None:
+            d["block_dist_config"] = block_distribution(self.block_probabilities)
         d.update(self.overrides)
         d.update(self.train_overrides)
         return d
@@ -161,14 +180,30 @@ class MetaDriveConfig:
     def for_evaluation(self, start_seed: int, num_scenarios: int) -> "MetaDriveConfig":
         """This config on the evaluation range ``[start_seed, start_seed + num_scenarios)``,
         without its training-only options (:data:`TRAINING_ONLY`): one fixed traffic
-        density, no sharding, no ``train_overrides``."""
+        density, no sharding, MetaDrive's own maps, no ``train_overrides``."""
         return self.replace(start_seed=start_seed, num_scenarios=num_scenarios, traffic_density_range=None,
-                            scenario_shards=1, train_overrides={})
+                            scenario_shards=1, block_probabilities=None, train_overrides={})
+
+
+def block_distribution(weights: Mapping[str, float]) -> type:
+    """A MetaDrive ``PGBlockDistConfig`` whose map generator draws block types with
+    probabilities proportional to ``weights`` (block types not named: 0)."""
+    from metadrive.component.algorithm.blocks_prob_dist import PGBlockDistConfig
+
+    known = PGBlockDistConfig.BLOCK_TYPE_DISTRIBUTION_V2
+    unknown = sorted(set(weights) - set(known))
+    if unknown:
+        raise ValueError(f"block_probabilities: unknown MetaDrive block type {unknown[0]!r} "
+                         f"(known: {', '.join(known)})")
+    total = float(sum(weights.values()))
+    dist = {name: float(weights.get(name, 0.0)) / total for name in known}
+    return type("WeightedBlockDist", (PGBlockDistConfig,), {"BLOCK_TYPE_DISTRIBUTION_V2": dist})
 
 
 #: The options that only shape training (the range, its sharding, traffic randomization,
 #: training-only MetaDrive entries); evaluation runs one fixed range without them.
-TRAINING_ONLY = ("start_seed", "num_scenarios", "traffic_density_range", "scenario_shards", "train_overrides")
+TRAINING_ONLY = ("start_seed", "num_scenarios", "traffic_density_range", "scenario_shards", "block_probabilities",
+                 "train_overrides")
 
 
 def scenario_for_seed(seed: int, start_seed: int, num_scenarios: int) -> int:
