@@ -310,7 +310,7 @@ def test_traffic_density_range_draws_a_density_per_reset(make_env):
         md.MetaDriveConfig(traffic_density_range=[0.3, 0.1])
 
 
-def test_train_overrides_shape_training_only():
+def test_train_overrides_shape_training_only(monkeypatch):
     from ppo_core.envs.metadrive.family import MetaDriveFamily
 
     cfg = SMALL.replace(overrides={"speed_reward": 0.2}, train_overrides={"out_of_road_penalty": 20.0},
@@ -325,6 +325,10 @@ def test_train_overrides_shape_training_only():
     # `ppo-core eval` and the periodic evaluation drop them too
     setup = MetaDriveFamily().eval_setup(cfg.to_dict(), 5, {})
     assert setup.config.train_overrides == {} and setup.config.overrides == {"speed_reward": 0.2}
+    import ppo_core.envs.metadrive.family as family_module
+    monkeypatch.setattr(family_module, "ParallelEvaluator", lambda config, workers: (config, workers))
+    periodic, workers = MetaDriveFamily().evaluator(cfg.to_dict(), 10000, 20, 2)
+    assert periodic == ev and workers == 2
     assert "train_overrides" in md.TRAINING_ONLY
     with pytest.raises(ValueError, match="train_overrides must be a table"):
         md.MetaDriveConfig(train_overrides=[("speed_reward", 0.0)])
@@ -339,8 +343,11 @@ def test_block_probabilities_reweight_the_training_maps_only(make_env):
         assert blocks[0] == "I" and set(blocks[1:]) <= {"X", "S"} and len(blocks) == 4, blocks
     assert SMALL.replace(block_probabilities=weights).for_evaluation(10000, 5).block_probabilities is None
     assert "block_probabilities" in md.TRAINING_ONLY
-    with pytest.raises(ValueError, match="unknown MetaDrive block type 'Curvy'"):
-        SMALL.replace(block_probabilities={"Curvy": 1.0}).metadrive_dict()
+    for name in ("Curvy", "ParkingLot", "InFork"):  # a typo; blocks that do not build in random maps
+        with pytest.raises(ValueError, match=f"unknown block type '{name}'"):
+            md.MetaDriveConfig(block_probabilities={name: 1.0})
+    with pytest.raises(ValueError, match="map = 'SCX'"):
+        md.MetaDriveConfig(block_probabilities={"Curve": 1.0}, map="SCX")
     for bad in ({}, {"Curve": -1.0}, {"Curve": 0.0}, {"Curve": float("nan")}, [("Curve", 1.0)]):
         with pytest.raises(ValueError, match="block_probabilities"):
             md.MetaDriveConfig(block_probabilities=bad)

@@ -164,7 +164,10 @@ def evaluate(policy: Policy, env_id: Union[str, Callable[[], gymnasium.Env], Non
     The result has ``episodes``, ``mean_return``, ``std_return``, ``mean_length``,
     ``returns`` and, for env families that define ``episode_metrics`` and
     ``summarize_episodes`` (see :mod:`.envs`; e.g. MetaDrive's success rate), the
-    keys of that summary. Rewards are the environment's raw rewards.
+    keys of that summary. Rewards are the environment's raw rewards. The env is built
+    with ``env_kwargs`` (default: the run's, as trained); for MetaDrive that is the
+    training range with its training-only options, so held-out evaluation goes through
+    ``ppo-core eval`` or the family's evaluator instead.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")

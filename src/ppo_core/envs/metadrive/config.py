@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 __all__ = [
+    "MAP_BLOCKS",
     "TRAIN_SCENARIO_LIMIT",
     "VALIDATION_START_SEED",
     "TEST_START_SEED",
@@ -72,7 +73,8 @@ class MetaDriveConfig:
             density uniformly from this range (from the env's seeded generator) instead
             of using ``traffic_density``. A training option: evaluation always runs at
             the fixed ``traffic_density``.
-        block_probabilities: ``{block class name: weight}``: generate the maps with these
+        block_probabilities: ``{block class name: weight}`` (names from :data:`MAP_BLOCKS`;
+            needs ``map`` a number of blocks): generate the maps with these
             block-type probabilities (normalized; block types not named get 0) instead
             of MetaDrive's (``PGBlockDistConfig.BLOCK_TYPE_DISTRIBUTION_V2``: curve 0.3,
             straight and the two ramps 0.1 each, ``StdInterSection`` and
@@ -84,7 +86,9 @@ class MetaDriveConfig:
         train_overrides: Raw MetaDrive config entries for training only, applied last
             (e.g. reward terms: ``{"out_of_road_penalty": 20.0}``). Evaluation, both
             ``ppo-core eval`` and the periodic held-out evaluation, runs without them, so
-            its returns stay in MetaDrive's own reward and compare across runs.
+            its returns stay in MetaDrive's own reward and compare across runs. Entries
+            that change the observation or action space (e.g. the lidar) would make the
+            policy unfit for evaluation: use ``overrides`` for those.
     """
 
     num_scenarios: int = 100
@@ -115,6 +119,13 @@ class MetaDriveConfig:
                                and v >= 0 for v in p.values()) or sum(p.values()) <= 0):
                 raise ValueError("block_probabilities must be a table of MetaDrive block class names to "
                                  f"non-negative weights with a positive sum, got {p!r}")
+            unknown = sorted(set(p) - set(MAP_BLOCKS))
+            if unknown:
+                raise ValueError(f"block_probabilities: unknown block type {unknown[0]!r}; the blocks of "
+                                 f"MetaDrive's procedural maps are {', '.join(MAP_BLOCKS)}")
+            if isinstance(self.map, str):
+                raise ValueError(f"block_probabilities applies to maps of a number of blocks (map = 3); with "
+                                 f"map = {self.map!r} MetaDrive follows that block sequence")
             self.block_probabilities = {k: float(v) for k, v in p.items()}
         if not isinstance(self.scenario_shards, int) or isinstance(self.scenario_shards, bool) \
                 or not 1 <= self.scenario_shards <= self.num_scenarios:
@@ -185,16 +196,22 @@ class MetaDriveConfig:
                             scenario_shards=1, block_probabilities=None, train_overrides={})
 
 
+#: The block types of MetaDrive's procedural maps (those its own distribution draws; the
+#: others in ``PGBlockDistConfig`` are special-purpose or fail to build in random maps).
+MAP_BLOCKS = ("Curve", "Straight", "InRampOnStraight", "OutRampOnStraight", "StdInterSection", "StdTInterSection",
+              "Roundabout")
+
+
 def block_distribution(weights: Mapping[str, float]) -> type:
     """A MetaDrive ``PGBlockDistConfig`` whose map generator draws block types with
     probabilities proportional to ``weights`` (block types not named: 0)."""
     from metadrive.component.algorithm.blocks_prob_dist import PGBlockDistConfig
 
     known = PGBlockDistConfig.BLOCK_TYPE_DISTRIBUTION_V2
-    unknown = sorted(set(weights) - set(known))
-    if unknown:
-        raise ValueError(f"block_probabilities: unknown MetaDrive block type {unknown[0]!r} "
-                         f"(known: {', '.join(known)})")
+    missing = sorted(set(weights) - set(known))
+    if missing:  # MAP_BLOCKS is checked by MetaDriveConfig; this MetaDrive lacks one of them
+        raise ValueError(f"block_probabilities: block type {missing[0]!r} is not in this MetaDrive's "
+                         f"PGBlockDistConfig ({', '.join(known)})")
     total = float(sum(weights.values()))
     dist = {name: float(weights.get(name, 0.0)) / total for name in known}
     return type("WeightedBlockDist", (PGBlockDistConfig,), {"BLOCK_TYPE_DISTRIBUTION_V2": dist})
