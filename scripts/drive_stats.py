@@ -4,7 +4,7 @@ A diagnostic for the study (docs/metadrive-study.md). It plays the validation sc
 one after another in a single MetaDrive process, with the deterministic policy
 (``--scale 0``, the default) or sampled actions with the std scaled by K (as in
 ``scripts/noise_eval.py``), and records for every episode its outcome, the mean and the
-largest speed (km/h), the speed over the last 5 steps, the mean throttle/brake command
+largest speed (km/h), the speed over the last 5 steps, the mean throttle/brake command,
 the mean change of the steering command from one step to the next (actions clipped
 to [-1, 1], as the env applies them), the map's block sequence (MetaDrive's block IDs:
 ``I`` the first block, ``S`` straight, ``C`` curve, ``r``/``R`` on/off ramp, ``X``
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
         parser.error(f"--scale must be >= 0, got {args.scale}")
 
     from ppo_core.envs import metadrive as md
+    from ppo_core.envs.metadrive.family import MetaDriveFamily
     from ppo_core.envs.metadrive.env import MetaDriveGymEnv
     from ppo_core.train import load_policy
 
@@ -64,8 +65,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(policy.config.torch_threads)
     scale_noise(policy, args.scale)
     act = policy.episode_actor(deterministic=args.scale == 0, seed=args.seed)
-    kwargs = {k: v for k, v in policy.config.env_kwargs.items() if k not in md.TRAINING_ONLY}
-    config = md.MetaDriveConfig.from_dict({**kwargs, "start_seed": args.start_seed, "num_scenarios": args.episodes})
+    # the configuration `ppo-core eval --start-seed S --episodes N` evaluates on
+    setup = MetaDriveFamily().eval_setup(policy.config.env_kwargs, args.episodes, {"start_seed": args.start_seed})
+    config = setup.config
     env = MetaDriveGymEnv(config)
     low, high = env.action_space.low, env.action_space.high
     episodes = []

@@ -58,6 +58,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from ppo_core.envs import metadrive as md
+    from ppo_core.envs.metadrive.family import MetaDriveFamily
     from ppo_core.train import load_policy
 
     policy = load_policy(args.run_dir)
@@ -65,8 +66,9 @@ def main(argv=None) -> int:
     dims = None if args.dims is None else sorted(set(args.dims))
     scale_noise(policy, args.scale, dims)
     act = policy.episode_actor(deterministic=args.scale == 0, seed=args.seed)
-    kwargs = {k: v for k, v in policy.config.env_kwargs.items() if k not in md.TRAINING_ONLY}
-    config = md.MetaDriveConfig.from_dict({**kwargs, "start_seed": args.start_seed, "num_scenarios": args.episodes})
+    # the configuration `ppo-core eval --start-seed S --episodes N` evaluates on
+    setup = MetaDriveFamily().eval_setup(policy.config.env_kwargs, args.episodes, {"start_seed": args.start_seed})
+    config = setup.config
     result = md.evaluate_policy(act, config, episodes=args.episodes, start_seed=args.start_seed,
                                 num_scenarios=args.episodes, num_workers=args.workers, return_episodes=True,
                                 keyed=True)

@@ -334,7 +334,8 @@ class PPOConfig:
                               "cannot be combined with state_dependent_std or action_dist 'beta'")
         if self.std_scales:
             if len(self.std_scales) != self.num_envs or not all(
-                    isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k) and k > 0 for k in self.std_scales):
+                    isinstance(k, (int, float)) and not isinstance(k, bool) and math.isfinite(k) and k > 0
+                    for k in self.std_scales):
                 raise ConfigError(f"config key 'std_scales' must be empty or a list of num_envs ({self.num_envs}) "
                                   f"positive numbers, got {_short(self.std_scales)}")
             if self.action_dist != "gaussian":

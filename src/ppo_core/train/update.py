@@ -51,8 +51,9 @@ class Minibatch:
     new_log_prob: torch.Tensor
     new_values: torch.Tensor
     policy_dist: Any = None
-    """The policy's own distribution on ``obs`` when it differs from ``dist`` (``std_scales``);
-    None: ``dist``. Entropy statistics and bonuses are taken from it."""
+    """The policy's own distribution on ``obs`` (it differs from ``dist`` with ``std_scales``);
+    entropy statistics and bonuses are taken from it (None, for a minibatch built without
+    it: from ``dist``)."""
 
 
 @dataclass
@@ -171,8 +172,7 @@ class PPOUpdate:
                 if cfg.norm_adv:
                     mb_adv = normalize_advantages(mb_adv)
                 mb = Minibatch(obs[idx], actions[idx], old_log_probs[idx], old_values[idx], mb_adv, returns[idx],
-                               dist, dist.log_prob(actions[idx]), new_values,
-                               None if std_scales is None else own_dist)
+                               dist, dist.log_prob(actions[idx]), new_values, own_dist)
                 out = self.loss(mb, cfg)
 
                 self.optimizer.zero_grad(set_to_none=True)

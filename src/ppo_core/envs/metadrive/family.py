@@ -38,7 +38,6 @@ PRESET = dict(
 )
 
 
-
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
