@@ -32,13 +32,21 @@ STRAIGHT = np.array([0.0, 0.5], dtype=np.float32)
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Make any socket connection or urllib download in this process raise."""
+    """Make any network connection or urllib download in this process raise (Unix-domain
+    sockets, local IPC such as the forkserver's, still connect)."""
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args!r}")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    def refuse_network(method):
+        def connect(sock, *args, **kwargs):
+            if sock.family == getattr(socket, "AF_UNIX", None):
+                return method(sock, *args, **kwargs)
+            refuse(sock, *args)
+        return connect
+
+    monkeypatch.setattr(socket.socket, "connect", refuse_network(socket.socket.connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse_network(socket.socket.connect_ex))
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
@@ -250,6 +258,38 @@ def test_evaluate_policy_metrics():
 
 
 @pytest.mark.slow
+def test_workers_start_from_a_forkserver_with_metadrive_preloaded():
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no forkserver start method on this platform")
+    assert md.worker_context() == "forkserver"
+    preload = forkserver._forkserver._preload_modules
+    assert set(md.FORKSERVER_PRELOAD) <= set(preload)
+    assert md.worker_context() == "forkserver" and forkserver._forkserver._preload_modules == preload  # no duplicates
+    assert md.worker_context("spawn") == "spawn"
+
+
+def test_forkserver_and_spawn_workers_step_alike(no_network):
+    """The start method changes how a worker starts, not what it simulates."""
+    cfg = SMALL.replace(start_seed=40, num_scenarios=3, horizon=60)
+    traces = {}
+    for context in ("spawn", "forkserver"):
+        env = md.make_vector_env(cfg, 2, seed=5, context=context)
+        try:
+            obs, _ = env.reset(seed=5)
+            steps = [obs]
+            for _ in range(10):
+                obs, reward, terminated, truncated, _ = env.step(np.tile(STRAIGHT, (2, 1)))
+                steps += [obs, reward]
+        finally:
+            env.close()
+        traces[context] = steps
+    for a, b in zip(traces["spawn"], traces["forkserver"]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_evaluation_visits_each_scenario_once_and_is_deterministic():
     cfg = SMALL.replace(start_seed=700, num_scenarios=5, horizon=80)
 

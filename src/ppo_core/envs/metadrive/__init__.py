@@ -5,7 +5,8 @@ One job per module; this package hands on their public names:
 
 * :mod:`.assets`: the offline start (:func:`ensure_offline_assets`, :func:`asset_status`).
 * :mod:`.config`: :class:`MetaDriveConfig`, the scenario ranges, :func:`scenario_for_seed`.
-* :mod:`.env`: :class:`MetaDriveGymEnv`, :func:`make_metadrive_env`, :func:`make_vector_env`.
+* :mod:`.env`: :class:`MetaDriveGymEnv`, :func:`make_metadrive_env`, :func:`make_vector_env`,
+  :func:`worker_context` (the workers' start method).
 * :mod:`.metrics`: :func:`episode_metrics`, :func:`summarize_episodes` and their keys.
 * :mod:`.evaluator`: :class:`ParallelEvaluator` and its worker processes, :func:`evaluate_policy`.
 * :mod:`.gif`: :func:`write_topdown_gif`.
@@ -45,13 +46,14 @@ from __future__ import annotations
 from .assets import ALLOW_DOWNLOAD_ENV, asset_status, ensure_offline_assets
 from .config import (EVAL_START_SEED, RESERVED_START_SEED, TEST_START_SEED, TRAIN_SCENARIO_LIMIT, TRAINING_ONLY,
                      VALIDATION_START_SEED, MetaDriveConfig, scenario_for_seed)
-from .env import MetaDriveGymEnv, make_metadrive_env, make_vector_env
+from .env import FORKSERVER_PRELOAD, MetaDriveGymEnv, make_metadrive_env, make_vector_env, worker_context
 from .evaluator import ActFn, EvalWorkerError, ParallelEvaluator, evaluate_policy
 from .gif import write_topdown_gif
 from .metrics import EPISODE_KEYS, METRIC_KEYS, RATE_FLAGS, episode_metrics, summarize_episodes
 
 __all__ = [
     "ALLOW_DOWNLOAD_ENV",
+    "FORKSERVER_PRELOAD",
     "EVAL_START_SEED",
     "VALIDATION_START_SEED",
     "TEST_START_SEED",
@@ -74,5 +76,6 @@ __all__ = [
     "make_vector_env",
     "scenario_for_seed",
     "summarize_episodes",
+    "worker_context",
     "write_topdown_gif",
 ]

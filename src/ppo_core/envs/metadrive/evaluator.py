@@ -19,7 +19,7 @@ import numpy as np
 
 from .assets import ensure_offline_assets
 from .config import EVAL_START_SEED, MetaDriveConfig, scenario_for_seed
-from .env import MetaDriveGymEnv
+from .env import MetaDriveGymEnv, worker_context
 from .metrics import episode_metrics, summarize_episodes
 
 __all__ = ["ActFn", "EvalWorkerError", "ParallelEvaluator", "evaluate_policy"]
@@ -100,7 +100,7 @@ class ParallelEvaluator:
         self,
         config: MetaDriveConfig,
         num_workers: Optional[int] = None,
-        context: str = "spawn",
+        context: Optional[str] = None,
         render: bool = False,
         render_kwargs: Optional[Dict[str, Any]] = None,
         max_restarts: int = 3,
@@ -111,7 +111,7 @@ class ParallelEvaluator:
             config: Scenario range and options; every scenario evaluated must be in it.
             num_workers: Number of processes (at most as many are ever busy as there are
                 episodes).
-            context: multiprocessing start method (see :func:`make_vector_env`).
+            context: multiprocessing start method (default: :func:`~.env.worker_context`'s).
             render: Workers also return a top-down frame after every reset and step.
             render_kwargs: Arguments for MetaDrive's top-down renderer.
             max_restarts: A worker that dies (e.g. killed) or fails is replaced and its
@@ -125,7 +125,7 @@ class ParallelEvaluator:
         ensure_offline_assets()  # log the asset decision in this process too
         # get_context(method) returns the start method's concrete context (SpawnContext, ...),
         # each with a Process class; the stubs type it as BaseContext, which declares none.
-        self._ctx = cast(_StartMethodContext, multiprocessing.get_context(context))
+        self._ctx = cast(_StartMethodContext, multiprocessing.get_context(worker_context(context)))
         self._worker_args = (config, render, render_kwargs)
         self.max_restarts = max_restarts
         self.restarts = 0
@@ -318,7 +318,7 @@ def evaluate_policy(
     start_seed: int = EVAL_START_SEED,
     num_scenarios: int = 100,
     num_workers: Optional[int] = None,
-    context: str = "spawn",
+    context: Optional[str] = None,
     *,
     return_episodes: bool = False,
     keyed: bool = False,
@@ -337,7 +337,7 @@ def evaluate_policy(
         start_seed: First evaluation scenario (default :data:`EVAL_START_SEED`).
         num_scenarios: Size of the evaluation range.
         num_workers: Worker processes (default ``min(os.cpu_count(), episodes)``).
-        context: multiprocessing start method.
+        context: multiprocessing start method (default: :func:`~.env.worker_context`'s).
         return_episodes: Also return each episode's :func:`episode_metrics`, in
             scenario order, as ``per_episode``.
         keyed: ``act_fn(obs, episode_indices_of_rows)``, as in :meth:`ParallelEvaluator.run_episodes`.

@@ -26,7 +26,7 @@ def write_topdown_gif(
     fps: int = 15,
     screen_size: Tuple[int, int] = (400, 400),
     render_kwargs: Optional[Mapping[str, Any]] = None,
-    context: str = "spawn",
+    context: Optional[str] = None,
     keyed: bool = False,
 ) -> Dict[str, Any]:
     """Run one episode in a worker process and write its top-down view as a GIF.
@@ -46,7 +46,7 @@ def write_topdown_gif(
         screen_size: Frame size in pixels.
         render_kwargs: Extra arguments for MetaDrive's ``TopDownRenderer``
             (e.g. ``scaling``, ``film_size``, ``target_agent_heading_up``).
-        context: multiprocessing start method.
+        context: multiprocessing start method (default: :func:`~.env.worker_context`'s).
         keyed: ``act_fn(obs, episode_indices_of_rows)``, as in :meth:`ParallelEvaluator.run_episodes`.
 
     Returns:
