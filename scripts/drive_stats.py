@@ -9,11 +9,19 @@ the mean change of the steering command from one step to the next (actions clipp
 to [-1, 1], as the env applies them), the map's block sequence (MetaDrive's block IDs:
 ``I`` the first block, ``S`` straight, ``C`` curve, ``r``/``R`` on/off ramp, ``X``
 intersection, ``T`` T-intersection, ``O`` roundabout, ...) and the block of the lane the
-car was on at the end. Prints one JSON summary, with the failures counted by that end
-block; ``--episodes-out`` writes the per-episode lines.
+car was on at the end, and the share of steps at which some input of the network sat at
+the observation normalizer's clip (``clipped_input_share``; 0 without normalization).
+Prints one JSON summary, with the failures counted by that end block; ``--episodes-out``
+writes the per-episode lines.
+
+``--smooth A`` puts a first-order low-pass filter between the policy and the car's
+steering: the applied command is ``A * previous + (1 - A) * policy's`` (0, the default:
+the policy's own command). A diagnostic of whether the step-to-step chatter of the
+steering is what fails, not a change of the policy.
 
     python scripts/drive_stats.py runs/screen/batch4k-s1 --episodes 50 --episodes-out det.jsonl
     python scripts/drive_stats.py runs/screen/batch4k-s1 --episodes 50 --scale 1 --episodes-out sto.jsonl
+    python scripts/drive_stats.py runs/screen/batch4k-s1 --episodes 50 --smooth 0.5 --episodes-out smooth.jsonl
 
 The scenario configuration is that of ``ppo-core eval --start-seed S --num-scenarios
 N``, but one process steps every episode: the physics and the policy's arithmetic are
@@ -49,12 +57,16 @@ def main(argv=None) -> int:
     parser.add_argument("--episodes", type=int, default=50)
     parser.add_argument("--start-seed", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smooth", type=float, default=0.0,
+                        help="low-pass factor A in [0, 1) on the applied steering (0: none)")
     parser.add_argument("--episodes-out")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error(f"--episodes must be >= 1, got {args.episodes}")
     if args.scale < 0:
         parser.error(f"--scale must be >= 0, got {args.scale}")
+    if not 0 <= args.smooth < 1:
+        parser.error(f"--smooth must be in [0, 1), got {args.smooth}")
 
     from ppo_core.envs import metadrive as md
     from ppo_core.envs.metadrive.family import MetaDriveFamily
@@ -70,15 +82,20 @@ def main(argv=None) -> int:
     config = setup.config
     env = MetaDriveGymEnv(config)
     low, high = env.action_space.low, env.action_space.high
+    norm = policy.obs_normalizer
     episodes = []
     try:
         for i in range(args.episodes):
             obs, _ = env.reset(options={"scenario": args.start_seed + i})
             ego = env.metadrive_env.agent
             blocks = "".join(b.ID for b in env.metadrive_env.engine.current_map.blocks)
-            speeds, steer, throttle, ret = [], [], [], 0.0
+            speeds, steer, throttle, ret, clipped = [], [], [], 0.0, 0
             while True:
+                if norm.enabled:
+                    clipped += bool((np.abs(norm(obs)) >= norm.clip).any())
                 a = np.clip(act(obs[None], [i])[0], low, high)
+                if args.smooth and steer:
+                    a[0] = args.smooth * steer[-1] + (1 - args.smooth) * a[0]
                 obs, reward, terminated, truncated, info = env.step(a)
                 ret += reward
                 speeds.append(float(ego.speed_km_h))
@@ -93,6 +110,7 @@ def main(argv=None) -> int:
                 "end_speed": float(np.mean(speeds[-5:])), "mean_throttle": float(np.mean(throttle)),
                 "steering_change": float(np.mean(np.abs(np.diff(steer)))) if len(steer) > 1 else 0.0,
                 "blocks": blocks, "end_block": block_of(ego.lane_index[1]),
+                "clipped_input_share": clipped / len(speeds),
             })
     finally:
         env.close()
@@ -105,10 +123,11 @@ def main(argv=None) -> int:
         return float(np.mean([e[key] for e in rows])) if rows else None
 
     failed = [e for e in episodes if e["out_of_road"]]
-    summary = {"run_dir": args.run_dir, "scale": args.scale, "episodes": len(episodes),
+    summary = {"run_dir": args.run_dir, "scale": args.scale, "smooth": args.smooth, "episodes": len(episodes),
                "success_rate": mean("success", episodes), "out_of_road_rate": mean("out_of_road", episodes),
                "crash_rate": mean("crash", episodes),
-               **{k: mean(k, episodes) for k in ("mean_speed", "max_speed", "mean_throttle", "steering_change")},
+               **{k: mean(k, episodes) for k in ("mean_speed", "max_speed", "mean_throttle", "steering_change",
+                                                  "clipped_input_share")},
                "end_speed_out_of_road": mean("end_speed", failed),
                "failures_by_end_block": dict(sorted(collections.Counter(
                    e["end_block"] for e in episodes if not e["success"]).items()))}

@@ -504,3 +504,25 @@ def test_eval_gives_up_in_one_line_after_repeated_worker_failures(tiny_run, caps
     code = cli.main(["eval", str(run), "--episodes", "2"])
     err = capsys.readouterr().err
     assert code == 1 and "gave up" in err and len(err.strip().splitlines()) == 1
+
+
+def test_drive_stats_script_records_each_episode(tiny_run, tmp_path, capsys, monkeypatch):
+    """scripts/drive_stats.py (the study's diagnostic) on a tiny run, with the steering filter."""
+    import json
+    import pathlib
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "scripts"))
+    import drive_stats
+
+    out = tmp_path / "drive.jsonl"
+    assert drive_stats.main([str(tiny_run), "--episodes", "2", "--smooth", "0.5", "--episodes-out", str(out)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["scenario"] for r in rows] == [10000, 10001] and summary["episodes"] == 2
+    assert summary["smooth"] == 0.5
+    for r in rows:
+        assert 1 <= r["length"] <= 20 and 0 <= r["clipped_input_share"] <= 1
+        assert r["end_block"] and r["blocks"].startswith("I")
+    with pytest.raises(SystemExit):
+        drive_stats.main([str(tiny_run), "--smooth", "1"])
+    assert "--smooth must be in [0, 1)" in capsys.readouterr().err
