@@ -38,14 +38,22 @@ VARIANTS: Dict[str, List[str]] = {
     "8 envs, 4 groups": ["num_envs = 8", "num_steps = 512", "env_groups = 4"],
     "8 envs, 8 groups": ["num_envs = 8", "num_steps = 512", "env_groups = 8"],
     "4 envs, 4 groups": ["num_envs = 4", "num_steps = 1024", "env_groups = 4"],
+    "8 envs, 4 groups, spawn": ["num_envs = 8", "num_steps = 512", "env_groups = 4"],
+}
+# variants run with extra environment variables: the workers' start method (default:
+# a forkserver with MetaDrive preloaded; spawn, the earlier default, re-imports MetaDrive
+# in every worker)
+VARIANT_ENV: Dict[str, Dict[str, str]] = {
+    "8 envs, 4 groups, spawn": {"PPO_CORE_WORKER_START_METHOD": "spawn"},
 }
 
 
-def _run(cmd: List[str], log: Path) -> Tuple[float, float]:
+def _run(cmd: List[str], log: Path, env: Optional[Dict[str, str]] = None) -> Tuple[float, float]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True)
+        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=True,
+                       env=None if env is None else {**os.environ, **env})
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -67,7 +75,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--sb3-python", help="a Python with stable-baselines3 and ppo_core[metadrive]; omit to skip SB3")
     parser.add_argument("--only", nargs="*", help="run only these variants (names of the table)")
+    parser.add_argument("--sb3-forkserver", action="store_true",
+                        help="also run SB3 with its workers started as ppo_core's (forkserver, MetaDrive preloaded)")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.only or ()) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--only: unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")
 
     walls: Dict[str, List[float]] = {}
     cpus: Dict[str, List[float]] = {}
@@ -83,15 +96,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                                           *VARIANTS[name]]) + "\n")
                 run = tmpdir / f"v{i}-r{rep}"
                 cmd = [sys.executable, "-m", "ppo_core", "train", "--config", str(cfg), "--out", str(run), "--quiet"]
-                wall, cpu = _run(cmd, tmpdir / f"v{i}-r{rep}.log")
+                wall, cpu = _run(cmd, tmpdir / f"v{i}-r{rep}.log", VARIANT_ENV.get(name))
                 walls.setdefault(name, []).append(wall)
                 cpus.setdefault(name, []).append(cpu)
                 shares.setdefault(name, []).append(_learner_share(run))
                 print(f"repeat {rep + 1} {name}: {wall:.1f} s", file=sys.stderr, flush=True)
-            if args.sb3_python:
-                name = "SB3 PPO defaults (2 envs)"
-                wall, cpu = _run([args.sb3_python, str(HERE / "sb3_metadrive.py"), "--steps", str(args.steps)],
-                                 tmpdir / f"sb3-r{rep}.log")
+            sb3_runs = [("SB3 PPO defaults (2 envs)", "spawn")]
+            if args.sb3_forkserver:
+                sb3_runs.append(("SB3, forkserver", "forkserver"))
+            for name, method in sb3_runs if args.sb3_python else []:
+                wall, cpu = _run([args.sb3_python, str(HERE / "sb3_metadrive.py"), "--steps", str(args.steps),
+                                  "--start-method", method], tmpdir / f"sb3-{method}-r{rep}.log")
                 walls.setdefault(name, []).append(wall)
                 cpus.setdefault(name, []).append(cpu)
                 print(f"repeat {rep + 1} {name}: {wall:.1f} s", file=sys.stderr, flush=True)

@@ -5,6 +5,10 @@ per core), the same 100 training scenarios, traffic density 0.1 and horizon 1000
 the same gymnasium wrapper (``ppo_core.envs.metadrive.MetaDriveGymEnv``, offline
 assets), so that only the learner differs. Needs ``stable-baselines3`` installed beside
 ppo_core's ``metadrive`` extra. Usage: ``python benchmarks/sb3_metadrive.py --steps 40960``.
+
+``--start-method forkserver`` starts SB3's workers the way ppo_core starts its own (a
+forkserver with MetaDrive preloaded, ``ppo_core.envs.metadrive.worker_context``), to
+tell what the start method alone is worth; the default, ``spawn``, is the reference.
 """
 
 from __future__ import annotations
@@ -26,13 +30,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40960)
     parser.add_argument("--envs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--start-method", choices=("spawn", "forkserver"), default="spawn")
     args = parser.parse_args()
 
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import SubprocVecEnv
 
     t0 = time.perf_counter()
-    env = SubprocVecEnv([functools.partial(_make, args.seed + i) for i in range(args.envs)], start_method="spawn")
+    method = args.start_method
+    if method == "forkserver":
+        from ppo_core.envs.metadrive import worker_context
+
+        method = worker_context("forkserver")  # MetaDrive preloaded in the forkserver
+    env = SubprocVecEnv([functools.partial(_make, args.seed + i) for i in range(args.envs)], start_method=method)
     model = PPO("MlpPolicy", env, seed=args.seed, device="cpu", verbose=0)
     model.learn(total_timesteps=args.steps)
     env.close()

@@ -258,10 +258,11 @@ def test_evaluate_policy_metrics():
 
 
 @pytest.mark.slow
-def test_workers_start_from_a_forkserver_with_metadrive_preloaded():
+def test_workers_start_from_a_forkserver_with_metadrive_preloaded(monkeypatch):
     import multiprocessing
     from multiprocessing import forkserver
 
+    monkeypatch.delenv(md.START_METHOD_ENV, raising=False)
     if "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("no forkserver start method on this platform")
     assert md.worker_context() == "forkserver"
@@ -269,6 +270,15 @@ def test_workers_start_from_a_forkserver_with_metadrive_preloaded():
     assert set(md.FORKSERVER_PRELOAD) <= set(preload)
     assert md.worker_context() == "forkserver" and forkserver._forkserver._preload_modules == preload  # no duplicates
     assert md.worker_context("spawn") == "spawn"
+
+
+def test_worker_start_method_from_the_environment(monkeypatch):
+    monkeypatch.setenv(md.START_METHOD_ENV, "spawn")
+    assert md.worker_context() == "spawn"
+    assert md.worker_context("forkserver") == "forkserver"  # an explicit argument wins
+    monkeypatch.setenv(md.START_METHOD_ENV, "teleport")
+    with pytest.raises(ValueError, match="PPO_CORE_WORKER_START_METHOD must be one of .*'teleport'"):
+        md.worker_context()
 
 
 def test_forkserver_and_spawn_workers_step_alike(no_network):

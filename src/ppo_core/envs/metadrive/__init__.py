@@ -46,7 +46,8 @@ from __future__ import annotations
 from .assets import ALLOW_DOWNLOAD_ENV, asset_status, ensure_offline_assets
 from .config import (EVAL_START_SEED, RESERVED_START_SEED, TEST_START_SEED, TRAIN_SCENARIO_LIMIT, TRAINING_ONLY,
                      VALIDATION_START_SEED, MetaDriveConfig, scenario_for_seed)
-from .env import FORKSERVER_PRELOAD, MetaDriveGymEnv, make_metadrive_env, make_vector_env, worker_context
+from .env import (FORKSERVER_PRELOAD, START_METHOD_ENV, MetaDriveGymEnv, make_metadrive_env, make_vector_env,
+                  worker_context)
 from .evaluator import ActFn, EvalWorkerError, ParallelEvaluator, evaluate_policy
 from .gif import write_topdown_gif
 from .metrics import EPISODE_KEYS, METRIC_KEYS, RATE_FLAGS, episode_metrics, summarize_episodes
@@ -65,6 +66,7 @@ __all__ = [
     "EPISODE_KEYS",
     "EvalWorkerError",
     "RATE_FLAGS",
+    "START_METHOD_ENV",
     "MetaDriveConfig",
     "MetaDriveGymEnv",
     "ParallelEvaluator",

@@ -17,7 +17,12 @@ import numpy as np
 from .assets import ensure_offline_assets
 from .config import MetaDriveConfig, scenario_for_seed
 
-__all__ = ["MetaDriveGymEnv", "make_metadrive_env", "make_vector_env", "worker_context", "FORKSERVER_PRELOAD"]
+__all__ = ["MetaDriveGymEnv", "make_metadrive_env", "make_vector_env", "worker_context", "FORKSERVER_PRELOAD",
+           "START_METHOD_ENV"]
+
+#: Set this environment variable to a start method (``spawn``, ``forkserver``, ``fork``)
+#: to override the default of :func:`worker_context` for every MetaDrive worker.
+START_METHOD_ENV = "PPO_CORE_WORKER_START_METHOD"
 
 #: Modules the forkserver imports once, before it forks MetaDrive workers: each worker then
 #: starts without importing MetaDrive again (3-5 s of CPU a worker on the project's machine).
@@ -27,7 +32,8 @@ FORKSERVER_PRELOAD = ("metadrive.envs.metadrive_env", "ppo_core.envs.metadrive.e
 def worker_context(method: Optional[str] = None) -> str:
     """The multiprocessing start method for MetaDrive worker processes.
 
-    ``None`` (the default everywhere in this package) picks ``"forkserver"`` where the
+    ``None`` (the default everywhere in this package) takes the environment variable
+    :data:`START_METHOD_ENV` when it is set, and otherwise ``"forkserver"`` where the
     platform has it, else ``"spawn"``. Both are safe in a parent that holds torch threads
     or a MetaDrive engine: a forkserver worker is forked from a separate server process
     that has imported MetaDrive (:data:`FORKSERVER_PRELOAD`) but built no engine and runs
@@ -36,8 +42,12 @@ def worker_context(method: Optional[str] = None) -> str:
     started yet in this process, and otherwise changes nothing but the start-up time.
     ``"fork"`` starts fastest but is only safe in a parent without either.
     """
+    methods = multiprocessing.get_all_start_methods()
     if method is None:
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        method = os.environ.get(START_METHOD_ENV) or ("forkserver" if "forkserver" in methods else "spawn")
+        if method not in methods:
+            raise ValueError(f"environment variable {START_METHOD_ENV} must be one of {', '.join(methods)}, "
+                             f"got {method!r}")
     if method == "forkserver":
         from multiprocessing import forkserver
 
