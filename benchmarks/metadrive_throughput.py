@@ -78,6 +78,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--sb3-forkserver", action="store_true",
                         help="also run SB3 with its workers started as ppo_core's (forkserver, MetaDrive preloaded)")
     args = parser.parse_args(argv)
+    if args.sb3_forkserver and not args.sb3_python:
+        parser.error("--sb3-forkserver needs --sb3-python")
     unknown = sorted(set(args.only or ()) - set(VARIANTS))
     if unknown:
         parser.error(f"--only: unknown variant {unknown[0]!r} (known: {', '.join(VARIANTS)})")

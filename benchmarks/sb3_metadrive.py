@@ -8,7 +8,9 @@ ppo_core's ``metadrive`` extra. Usage: ``python benchmarks/sb3_metadrive.py --st
 
 ``--start-method forkserver`` starts SB3's workers the way ppo_core starts its own (a
 forkserver with MetaDrive preloaded, ``ppo_core.envs.metadrive.worker_context``), to
-tell what the start method alone is worth; the default, ``spawn``, is the reference.
+tell what the start method alone is worth; the default, ``spawn``, is the reference
+(SB3's own default start method is a forkserver without any preload: each worker
+imports MetaDrive either way). "Defaults" are SB3's PPO hyper-parameters.
 """
 
 from __future__ import annotations

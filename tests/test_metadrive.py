@@ -2,7 +2,7 @@
 semantics, vector envs, evaluation, GIFs. Skipped where metadrive is not installed.
 
 Tests that build an env in this process close it (MetaDrive's engine is a
-per-process singleton); the others run MetaDrive in spawned worker processes.
+per-process singleton); the others run MetaDrive in worker processes.
 """
 
 from __future__ import annotations
@@ -257,7 +257,6 @@ def test_evaluate_policy_metrics():
     assert np.isfinite(result["mean_return"]) and result["std_return"] >= 0
 
 
-@pytest.mark.slow
 def test_workers_start_from_a_forkserver_with_metadrive_preloaded(monkeypatch):
     import multiprocessing
     from multiprocessing import forkserver
@@ -281,6 +280,7 @@ def test_worker_start_method_from_the_environment(monkeypatch):
         md.worker_context()
 
 
+@pytest.mark.slow
 def test_forkserver_and_spawn_workers_step_alike(no_network):
     """The start method changes how a worker starts, not what it simulates."""
     cfg = SMALL.replace(start_seed=40, num_scenarios=3, horizon=60)
@@ -300,6 +300,7 @@ def test_forkserver_and_spawn_workers_step_alike(no_network):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_evaluation_visits_each_scenario_once_and_is_deterministic():
     cfg = SMALL.replace(start_seed=700, num_scenarios=5, horizon=80)
 

@@ -55,7 +55,11 @@ _SITECUSTOMIZE = textwrap.dedent(
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
-    """Block the network here and in every (spawned) worker; yield the attempts log."""
+    """Block the network here and in every worker; yield the attempts log.
+
+    The workers are spawned: a forkserver (the default start method) would hand them the
+    environment of its own start, earlier in the test session, without this fixture's
+    sitecustomize."""
     site = tmp_path / "offline_site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)
@@ -63,6 +67,7 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.setenv("PPO_CORE_TEST_NETWORK_LOG", str(log))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), *sys.path]))
     monkeypatch.delenv(md.ALLOW_DOWNLOAD_ENV, raising=False)
+    monkeypatch.setenv(md.START_METHOD_ENV, "spawn")
 
     def refuse(*args, **kwargs):
         raise AssertionError(f"network access attempted: {args!r}")

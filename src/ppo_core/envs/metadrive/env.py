@@ -26,7 +26,7 @@ START_METHOD_ENV = "PPO_CORE_WORKER_START_METHOD"
 
 #: Modules the forkserver imports once, before it forks MetaDrive workers: each worker then
 #: starts without importing MetaDrive again (3-5 s of CPU a worker on the project's machine).
-FORKSERVER_PRELOAD = ("metadrive.envs.metadrive_env", "ppo_core.envs.metadrive.env")
+FORKSERVER_PRELOAD = ("metadrive.envs.metadrive_env",)
 
 
 def worker_context(method: Optional[str] = None) -> str:
@@ -36,11 +36,17 @@ def worker_context(method: Optional[str] = None) -> str:
     :data:`START_METHOD_ENV` when it is set, and otherwise ``"forkserver"`` where the
     platform has it, else ``"spawn"``. Both are safe in a parent that holds torch threads
     or a MetaDrive engine: a forkserver worker is forked from a separate server process
-    that has imported MetaDrive (:data:`FORKSERVER_PRELOAD`) but built no engine and runs
-    no torch. For ``"forkserver"`` the modules are added to the forkserver's preload list
-    (``multiprocessing.set_forkserver_preload``); that takes effect if the server has not
-    started yet in this process, and otherwise changes nothing but the start-up time.
-    ``"fork"`` starts fastest but is only safe in a parent without either.
+    that has imported MetaDrive (:data:`FORKSERVER_PRELOAD`; MetaDrive imports torch
+    with it) but has built no engine and run nothing. ``"fork"`` starts fastest but is
+    only safe in a parent without either.
+
+    For ``"forkserver"`` the modules are added to the forkserver's preload list
+    (``multiprocessing.set_forkserver_preload``). The list and the server belong to the
+    whole process: other forkserver users in it then import MetaDrive too, and once the
+    server runs, the list no longer changes anything. Forkserver workers see the
+    environment variables of the moment the server started (the first forkserver
+    worker of the process), not those set in the parent later; spawn workers see the
+    parent's environment at their own start.
     """
     methods = multiprocessing.get_all_start_methods()
     if method is None:
@@ -51,8 +57,8 @@ def worker_context(method: Optional[str] = None) -> str:
     if method == "forkserver":
         from multiprocessing import forkserver
 
-        # keep what is already asked for (default: the main module); the list is private
-        current = list(getattr(getattr(forkserver, "_forkserver", None), "_preload_modules", None) or ["__main__"])
+        # add to what is already asked for (the list is private: empty when it cannot be read)
+        current = list(getattr(getattr(forkserver, "_forkserver", None), "_preload_modules", None) or [])
         missing = [m for m in FORKSERVER_PRELOAD if m not in current]
         if missing:
             multiprocessing.set_forkserver_preload(current + missing)
@@ -239,8 +245,9 @@ def make_vector_env(
         num_envs: Number of worker processes; default ``os.cpu_count()``.
         seed: Worker ``i`` gets scenario-choice seed ``seed + i``, so ``reset()`` without
             a seed is reproducible. ``None``: OS entropy.
-        context: multiprocessing start method; default ``"forkserver"`` with MetaDrive
-            preloaded, where the platform has it, else ``"spawn"`` (:func:`worker_context`).
+        context: multiprocessing start method; default: :data:`START_METHOD_ENV` when
+            set, else ``"forkserver"`` with MetaDrive preloaded where the platform has
+            it, else ``"spawn"`` (:func:`worker_context`).
     """
     config = config if config is not None else MetaDriveConfig()
     n = num_envs if num_envs is not None else (os.cpu_count() or 1)
