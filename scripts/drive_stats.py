@@ -9,7 +9,9 @@ the mean change of the steering command from one step to the next (actions clipp
 to [-1, 1], as the env applies them), the map's block sequence (MetaDrive's block IDs:
 ``I`` the first block, ``S`` straight, ``C`` curve, ``r``/``R`` on/off ramp, ``X``
 intersection, ``T`` T-intersection, ``O`` roundabout, ...) and the block of the lane the
-car was on at the end, and the share of steps at which some input of the network sat at
+car was on at the end, for an episode that left the road what MetaDrive counted as leaving
+it (``out_of_road_cause``: ``off_lane``, the car on no lane; ``sidewalk``; ``yellow_line``
+or ``white_line``, on a solid line: MetaDrive's ``on_continuous_line_done``), and the share of steps at which some input of the network sat at
 the observation normalizer's clip (``clipped_input_share``; 0 without normalization).
 Prints one JSON summary, with the failures counted by that end block; ``--episodes-out``
 writes the per-episode lines.
@@ -104,13 +106,16 @@ def main(argv=None) -> int:
                 if terminated or truncated:
                     break
             m = md.episode_metrics(info, ret, len(speeds))
+            causes = {"off_lane": not ego.on_lane, "sidewalk": ego.crash_sidewalk,
+                      "yellow_line": ego.on_yellow_continuous_line, "white_line": ego.on_white_continuous_line}
+            cause = next((k for k, v in causes.items() if v), "other") if m["out_of_road"] else None
             episodes.append({
                 "scenario": args.start_seed + i, **{k: m[k] for k in md.EPISODE_KEYS if k != "scenario"},
                 "mean_speed": float(np.mean(speeds)), "max_speed": float(np.max(speeds)),
                 "end_speed": float(np.mean(speeds[-5:])), "mean_throttle": float(np.mean(throttle)),
                 "steering_change": float(np.mean(np.abs(np.diff(steer)))) if len(steer) > 1 else 0.0,
                 "blocks": blocks, "end_block": block_of(ego.lane_index[1]),
-                "clipped_input_share": clipped / len(speeds),
+                "clipped_input_share": clipped / len(speeds), "out_of_road_cause": cause,
             })
     finally:
         env.close()
@@ -130,7 +135,9 @@ def main(argv=None) -> int:
                                                   "clipped_input_share")},
                "end_speed_out_of_road": mean("end_speed", failed),
                "failures_by_end_block": dict(sorted(collections.Counter(
-                   e["end_block"] for e in episodes if not e["success"]).items()))}
+                   e["end_block"] for e in episodes if not e["success"]).items())),
+               "out_of_road_by_cause": dict(sorted(collections.Counter(
+                   e["out_of_road_cause"] for e in failed).items()))}
     print(json.dumps(summary))
     return 0
 

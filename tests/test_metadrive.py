@@ -534,6 +534,9 @@ def test_drive_stats_script_records_each_episode(tiny_run, tmp_path, capsys, mon
     for r in rows:
         assert 1 <= r["length"] <= 20 and 0 <= r["clipped_input_share"] <= 1
         assert r["end_block"] and r["blocks"].startswith("I")
+        assert (r["out_of_road_cause"] in ("off_lane", "sidewalk", "yellow_line", "white_line", "other")) \
+            == r["out_of_road"]
+    assert sum(summary["out_of_road_by_cause"].values()) == sum(r["out_of_road"] for r in rows)
     with pytest.raises(SystemExit):
         drive_stats.main([str(tiny_run), "--smooth", "1"])
     assert "--smooth must be in [0, 1)" in capsys.readouterr().err
