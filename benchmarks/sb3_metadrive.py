@@ -6,9 +6,10 @@ the same gymnasium wrapper (``ppo_core.envs.metadrive.MetaDriveGymEnv``, offline
 assets), so that only the learner differs. Needs ``stable-baselines3`` installed beside
 ppo_core's ``metadrive`` extra. Usage: ``python benchmarks/sb3_metadrive.py --steps 40960``.
 
-``--start-method forkserver`` starts SB3's workers the way ppo_core starts its own (a
-forkserver with MetaDrive preloaded, ``ppo_core.envs.metadrive.worker_context``), to
-tell what the start method alone is worth; the default, ``spawn``, is the reference
+``--start-method forkserver`` starts SB3's workers as ppo_core's do with
+``PPO_CORE_WORKER_START_METHOD=forkserver`` (a forkserver with MetaDrive preloaded,
+``ppo_core.envs.metadrive.worker_context``), to tell what the start method alone is
+worth; the default, ``spawn``, is the reference
 (SB3's own default start method is a forkserver without any preload: each worker
 imports MetaDrive either way). "Defaults" are SB3's PPO hyper-parameters.
 """

@@ -11,8 +11,8 @@ to [-1, 1], as the env applies them), the map's block sequence (MetaDrive's bloc
 intersection, ``T`` T-intersection, ``O`` roundabout, ...) and the block of the lane the
 car was on at the end, for an episode that left the road what MetaDrive counted as leaving
 it (``out_of_road_cause``: ``off_lane``, the car on no lane; ``sidewalk``; ``yellow_line``
-or ``white_line``, on a solid line: MetaDrive's ``on_continuous_line_done``), and the share of steps at which some input of the network sat at
-the observation normalizer's clip (``clipped_input_share``; 0 without normalization).
+or ``white_line``, on a solid line: MetaDrive's ``on_continuous_line_done``), and the
+share of steps at which some input of the network sat at the observation normalizer's clip (``clipped_input_share``; 0 without normalization).
 Prints one JSON summary, with the failures counted by that end block; ``--episodes-out``
 writes the per-episode lines.
 

@@ -57,9 +57,9 @@ _SITECUSTOMIZE = textwrap.dedent(
 def offline(tmp_path, monkeypatch):
     """Block the network here and in every worker; yield the attempts log.
 
-    The workers are spawned: a forkserver (the default start method) would hand them the
-    environment of its own start, earlier in the test session, without this fixture's
-    sitecustomize."""
+    The workers are spawned even when PPO_CORE_WORKER_START_METHOD asks for a forkserver:
+    that would hand them the environment of its own start, earlier in the test session,
+    without this fixture's sitecustomize."""
     site = tmp_path / "offline_site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(_SITECUSTOMIZE)

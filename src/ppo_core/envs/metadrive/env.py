@@ -33,12 +33,14 @@ def worker_context(method: Optional[str] = None) -> str:
     """The multiprocessing start method for MetaDrive worker processes.
 
     ``None`` (the default everywhere in this package) takes the environment variable
-    :data:`START_METHOD_ENV` when it is set, and otherwise ``"forkserver"`` where the
-    platform has it, else ``"spawn"``. Both are safe in a parent that holds torch threads
-    or a MetaDrive engine: a forkserver worker is forked from a separate server process
-    that has imported MetaDrive (:data:`FORKSERVER_PRELOAD`; MetaDrive imports torch
-    with it) but has built no engine and run nothing. ``"fork"`` starts fastest but is
-    only safe in a parent without either.
+    :data:`START_METHOD_ENV` when it is set, and otherwise ``"spawn"``. ``"forkserver"``
+    forks each worker from a separate server process that has imported MetaDrive
+    (:data:`FORKSERVER_PRELOAD`; MetaDrive imports torch with it) but has built no engine
+    and run nothing: 8 workers start about 3x faster, but a whole 40 960-step training
+    process was not faster in the one measurement made (docs/metadrive-study.md,
+    "Worker start method"), so it is not the default. Both are safe in a parent that
+    holds torch threads or a MetaDrive engine; ``"fork"`` is only safe in a parent
+    without either.
 
     For ``"forkserver"`` the modules are added to the forkserver's preload list
     (``multiprocessing.set_forkserver_preload``). The list and the server belong to the
@@ -50,7 +52,7 @@ def worker_context(method: Optional[str] = None) -> str:
     """
     methods = multiprocessing.get_all_start_methods()
     if method is None:
-        method = os.environ.get(START_METHOD_ENV) or ("forkserver" if "forkserver" in methods else "spawn")
+        method = os.environ.get(START_METHOD_ENV) or "spawn"
         if method not in methods:
             raise ValueError(f"environment variable {START_METHOD_ENV} must be one of {', '.join(methods)}, "
                              f"got {method!r}")
@@ -246,8 +248,8 @@ def make_vector_env(
         seed: Worker ``i`` gets scenario-choice seed ``seed + i``, so ``reset()`` without
             a seed is reproducible. ``None``: OS entropy.
         context: multiprocessing start method; default: :data:`START_METHOD_ENV` when
-            set, else ``"forkserver"`` with MetaDrive preloaded where the platform has
-            it, else ``"spawn"`` (:func:`worker_context`).
+            set, else ``"spawn"``; ``"forkserver"`` starts workers from a server with
+            MetaDrive preloaded (:func:`worker_context`).
     """
     config = config if config is not None else MetaDriveConfig()
     n = num_envs if num_envs is not None else (os.cpu_count() or 1)
