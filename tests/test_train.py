@@ -658,6 +658,46 @@ def test_std_scales_sample_each_env_at_its_noise_and_score_it_there(tmp_path):
     trainer.close()
 
 
+def test_std_scale_weight_multiplies_each_samples_advantage_by_its_scale(tmp_path):
+    scales = [1.0, 0.25, 0.5, 1.0]
+    seen = {}
+    for weight in (False, True):
+        cfg = _small(env_id="Pendulum-v1", num_envs=4, num_steps=64, total_steps=256, std_scales=scales,
+                     std_scale_weight=weight, num_minibatches=2, update_epochs=1, seed=3)
+        trainer = T.Trainer(cfg, tmp_path / f"run{weight}")
+        trainer.source.sync_policy(trainer.policy)
+        ro = trainer.source.collect(cfg.num_steps)
+        inner, recorded = trainer.updater.loss, []
+
+        def recording(mb, config, inner=inner, recorded=recorded):
+            recorded.append((mb.obs.clone(), mb.advantages.detach().clone()))
+            return inner(mb, config)
+
+        trainer.updater.loss = recording
+        trainer.learn(ro, None)
+        trainer.close()
+        # each row's scale, found by its observation in the rollout
+        flat_obs = ro.obs.reshape(-1, ro.obs.shape[-1])
+        flat_scale = ro.std_scales.reshape(-1)
+        rows = []
+        for obs, adv in recorded:
+            match = (obs[:, None, :] == flat_obs[None, :, :]).all(-1).float().argmax(1)
+            rows.append((adv, flat_scale[match]))
+        seen[weight] = rows
+    assert len(seen[True]) == len(seen[False]) == 2
+    for (plain, k), (weighted, k2) in zip(seen[False], seen[True]):
+        torch.testing.assert_close(k, k2)
+        assert set(k.tolist()) == {1.0, 0.25, 0.5}  # every scale is in every minibatch
+        torch.testing.assert_close(weighted, plain * k)  # same rollout and shuffle: only the weight differs
+
+
+def test_std_scale_weight_needs_std_scales():
+    with pytest.raises(T.ConfigError, match="std_scale_weight"):
+        _small(env_id="Pendulum-v1", std_scale_weight=True)
+    with pytest.raises(T.ConfigError, match="std_scale_weight"):
+        _small(env_id="Pendulum-v1", std_scale_weight=1)
+
+
 @pytest.mark.parametrize("bad", ["none", "ones"])
 def test_a_source_that_ignores_std_scales_is_refused(tmp_path, bad):
     cfg = _small(env_id="Pendulum-v1", std_scales=[1.0, 0.5])

@@ -149,6 +149,15 @@ class PPOConfig:
     ``entropy`` and evaluation (``--stochastic``) use the policy's own std. With
     ``backend = "ray"``, actor k's M envs take scales ``k*M .. k*M + M - 1``."""
 
+    std_scale_weight: bool = False
+    """With ``std_scales``: weight each sample's policy-loss term by the scale it was
+    sampled with (its advantage, after ``norm_adv``, is multiplied by the scale; for the
+    clipped surrogate that is exactly a per-sample weight). A sample drawn at scale k
+    has a score ``∇μ log π = ε / (kσ)``, 1/k times that of a full-noise sample, so
+    without the weight a few quiet envs carry as much policy gradient as many exploring
+    ones; with it, every sample pulls the mean about equally hard. The value loss and
+    the entropy are not weighted."""
+
     action_dist: str = "gaussian"
     """Box actions: ``gaussian`` (a diagonal Gaussian, samples clipped to the bounds for the
     env) or ``beta`` (a Beta per dimension on the bounds, Chou et al. 2017: no sample
@@ -342,6 +351,9 @@ class PPOConfig:
                 raise ConfigError("config key 'std_scales' scales the std of a Gaussian policy; it cannot be "
                                   "combined with action_dist 'beta'")
             self.std_scales = [float(k) for k in self.std_scales]
+        if self.std_scale_weight and not self.std_scales:
+            raise ConfigError("config key 'std_scale_weight' weights samples by their std_scales; set "
+                              "'std_scales' too (it is empty)")
         if self.action_dist == "beta" and self.state_dependent_std:
             raise ConfigError("config key 'state_dependent_std' applies to action_dist 'gaussian'; a Beta "
                               "policy's concentrations are outputs per state already")

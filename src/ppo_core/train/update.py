@@ -37,7 +37,8 @@ __all__ = ["Minibatch", "LossOutput", "Loss", "PPOLoss", "PPOUpdate"]
 @dataclass
 class Minibatch:
     """One minibatch of an update: the rollout's tensors, flattened over (time, env), and the
-    current policy's outputs on them. ``advantages`` are normalized when ``norm_adv`` is on."""
+    current policy's outputs on them. ``advantages`` are normalized when ``norm_adv`` is on,
+    then multiplied by each sample's std scale when ``std_scale_weight`` is on."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -171,6 +172,8 @@ class PPOUpdate:
                 mb_adv = advantages[idx]
                 if cfg.norm_adv:
                     mb_adv = normalize_advantages(mb_adv)
+                if cfg.std_scale_weight:  # each sample's surrogate term weighted by its scale
+                    mb_adv = mb_adv * std_scales[idx]
                 mb = Minibatch(obs[idx], actions[idx], old_log_probs[idx], old_values[idx], mb_adv, returns[idx],
                                dist, dist.log_prob(actions[idx]), new_values, own_dist)
                 out = self.loss(mb, cfg)
