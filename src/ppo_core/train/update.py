@@ -152,6 +152,9 @@ class PPOUpdate:
         advantages = advantages.reshape(-1).float()
         returns = returns.reshape(-1).float()
         std_scales = None if rollout.std_scales is None else rollout.std_scales.reshape(-1)
+        if cfg.std_scale_weight and std_scales is None:
+            raise ValueError("config key 'std_scale_weight' needs a rollout sampled with std_scales; "
+                             "this rollout has none")
 
         n = obs.shape[0]
         mb_size = n // cfg.num_minibatches
@@ -172,7 +175,7 @@ class PPOUpdate:
                 mb_adv = advantages[idx]
                 if cfg.norm_adv:
                     mb_adv = normalize_advantages(mb_adv)
-                if cfg.std_scale_weight:  # each sample's surrogate term weighted by its scale
+                if cfg.std_scale_weight and std_scales is not None:  # weight each sample by its scale
                     mb_adv = mb_adv * std_scales[idx]
                 mb = Minibatch(obs[idx], actions[idx], old_log_probs[idx], old_values[idx], mb_adv, returns[idx],
                                dist, dist.log_prob(actions[idx]), new_values, own_dist)
