@@ -698,6 +698,18 @@ def test_std_scale_weight_needs_std_scales():
         _small(env_id="Pendulum-v1", std_scale_weight=1)
 
 
+def test_std_scale_weight_refuses_a_rollout_without_std_scales(tmp_path):
+    cfg = _small(env_id="Pendulum-v1", num_envs=2, std_scales=[1.0, 0.5], std_scale_weight=True)
+    trainer = T.Trainer(cfg, tmp_path / "run")
+    trainer.source.sync_policy(trainer.policy)
+    ro = dataclasses.replace(trainer.source.collect(cfg.num_steps), std_scales=None)
+    before = [p.detach().clone() for p in trainer.policy.parameters()]
+    with pytest.raises(ValueError, match="std_scale_weight.*this rollout has none"):
+        trainer.learn(ro, None)
+    trainer.close()
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.policy.parameters()))  # nothing was updated
+
+
 @pytest.mark.parametrize("bad", ["none", "ones"])
 def test_a_source_that_ignores_std_scales_is_refused(tmp_path, bad):
     cfg = _small(env_id="Pendulum-v1", std_scales=[1.0, 0.5])
