@@ -21,9 +21,19 @@ steering: the applied command is ``A * previous + (1 - A) * policy's`` (0, the d
 the policy's own command). A diagnostic of whether the step-to-step chatter of the
 steering is what fails, not a change of the policy.
 
+``--max-speed V`` caps the car's speed: at a step that starts above V km/h, the applied
+throttle is cut to 0 (braking is left alone). The same kind of diagnostic, for the speed
+itself rather than the command.
+
+``--throttle-scale F`` multiplies the applied throttle (the positive part of action 1,
+after clipping; braking is left alone) by F in [0, 1] (1, the default: unchanged). A
+diagnostic of whether a slower car with the same steering succeeds more often, not a
+change of the policy.
+
     python scripts/drive_stats.py runs/screen/batch4k-s1 --episodes 50 --episodes-out det.jsonl
     python scripts/drive_stats.py runs/screen/batch4k-s1 --episodes 50 --scale 1 --episodes-out sto.jsonl
     python scripts/drive_stats.py runs/screen/batch4k-s1 --episodes 50 --smooth 0.5 --episodes-out smooth.jsonl
+    python scripts/drive_stats.py models/metadrive --episodes 50 --throttle-scale 0.8 --episodes-out slow.jsonl
 
 The scenario configuration is that of ``ppo-core eval --start-seed S --num-scenarios
 N``, but one process steps every episode: the physics and the policy's arithmetic are
@@ -61,6 +71,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smooth", type=float, default=0.0,
                         help="low-pass factor A in [0, 1) on the applied steering (0: none)")
+    parser.add_argument("--throttle-scale", type=float, default=1.0,
+                        help="factor F in [0, 1] on the applied throttle (not the brake; 1: none)")
+    parser.add_argument("--max-speed", type=float, default=None,
+                        help="cut the throttle at steps that start above this speed, km/h (default: no cap)")
     parser.add_argument("--episodes-out")
     args = parser.parse_args(argv)
     if args.episodes < 1:
@@ -69,6 +83,10 @@ def main(argv=None) -> int:
         parser.error(f"--scale must be >= 0, got {args.scale}")
     if not 0 <= args.smooth < 1:
         parser.error(f"--smooth must be in [0, 1), got {args.smooth}")
+    if not 0 <= args.throttle_scale <= 1:
+        parser.error(f"--throttle-scale must be in [0, 1], got {args.throttle_scale}")
+    if args.max_speed is not None and not args.max_speed > 0:
+        parser.error(f"--max-speed must be > 0 km/h, got {args.max_speed}")
 
     from ppo_core.envs import metadrive as md
     from ppo_core.envs.metadrive.family import MetaDriveFamily
@@ -98,6 +116,10 @@ def main(argv=None) -> int:
                 a = np.clip(act(obs[None], [i])[0], low, high)
                 if args.smooth and steer:
                     a[0] = args.smooth * steer[-1] + (1 - args.smooth) * a[0]
+                if a[1] > 0:
+                    a[1] *= args.throttle_scale
+                    if args.max_speed is not None and ego.speed_km_h > args.max_speed:
+                        a[1] = 0.0
                 obs, reward, terminated, truncated, info = env.step(a)
                 ret += reward
                 speeds.append(float(ego.speed_km_h))
@@ -128,7 +150,8 @@ def main(argv=None) -> int:
         return float(np.mean([e[key] for e in rows])) if rows else None
 
     failed = [e for e in episodes if e["out_of_road"]]
-    summary = {"run_dir": args.run_dir, "scale": args.scale, "smooth": args.smooth, "episodes": len(episodes),
+    summary = {"run_dir": args.run_dir, "scale": args.scale, "smooth": args.smooth,
+               "throttle_scale": args.throttle_scale, "max_speed_cap": args.max_speed, "episodes": len(episodes),
                "success_rate": mean("success", episodes), "out_of_road_rate": mean("out_of_road", episodes),
                "crash_rate": mean("crash", episodes),
                **{k: mean(k, episodes) for k in ("mean_speed", "max_speed", "mean_throttle", "steering_change",

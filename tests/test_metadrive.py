@@ -405,6 +405,60 @@ def test_block_probabilities_reweight_the_training_maps_only(make_env):
             md.MetaDriveConfig(block_probabilities=bad)
 
 
+def test_speed_limit_factor_peaks_the_reward_per_step_at_the_limit():
+    f = md.speed_limit_factor
+    assert [f(v, 30.0) for v in (0.0, 20.0, 30.0, 45.0, 60.0, 90.0)] == [1.0, 1.0, 1.0, 0.5, 0.0, 0.0]
+    speeds = np.linspace(0.0, 80.0, 801)
+    shaped = speeds * np.array([f(v, 30.0) for v in speeds])  # reward per step ~ speed
+    assert speeds[int(np.argmax(shaped))] == 30.0
+
+
+def test_speed_limit_scales_the_training_reward_above_the_limit_only(make_env):
+    """The same scenario and actions with and without the limit: the same physics, and
+    each step's reward differs exactly by the factor of the car's speed on the steps
+    that earn progress above the limit; the terminal step's penalty is untouched."""
+    cfg = SMALL.replace(horizon=200)
+    runs = {}
+    for limit in (None, 10.0):
+        env = make_env(cfg.replace(speed_limit_km_h=limit))
+        env.reset(options={"scenario": 4})
+        steps = []
+        for _ in range(200):
+            obs, reward, terminated, truncated, info = env.step(TURN_FULL_THROTTLE if len(steps) >= 60 else
+                                                                np.array([0.0, 1.0], dtype=np.float32))
+            steps.append((obs, reward, terminated, env.metadrive_env.agent.speed_km_h, info.get("step_reward")))
+            if terminated or truncated:
+                break
+        env.close()
+        runs[limit] = steps
+    plain, limited = runs[None], runs[10.0]
+    assert len(plain) == len(limited) and plain[-1][2] and limited[-1][2]  # left the road at the same step
+    scaled = 0
+    for (obs0, r0, term0, v0, sr0), (obs1, r1, term1, v1, sr1) in zip(plain, limited):
+        np.testing.assert_array_equal(obs0, obs1)
+        assert v0 == v1 and sr0 == sr1
+        if not term0 and r0 > 0:
+            assert r1 == pytest.approx(r0 * md.speed_limit_factor(v0, 10.0), rel=1e-12)
+            scaled += v0 > 10.0
+        else:
+            assert r1 == r0
+    assert scaled >= 10  # the limit was passed, and the factor applied
+    assert sum(r for _, r, *_ in limited) < sum(r for _, r, *_ in plain)
+
+
+def test_speed_limit_is_a_training_option():
+    from ppo_core.envs.metadrive.family import MetaDriveFamily
+
+    cfg = SMALL.replace(speed_limit_km_h=30)
+    assert cfg.speed_limit_km_h == 30.0 and "speed_limit_km_h" in md.TRAINING_ONLY
+    assert cfg.for_evaluation(10000, 20).speed_limit_km_h is None
+    assert MetaDriveFamily().eval_setup(cfg.to_dict(), 5, {}).config.speed_limit_km_h is None
+    assert md.MetaDriveConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in (0, -5.0, float("nan"), float("inf"), True, "30"):
+        with pytest.raises(ValueError, match="speed_limit_km_h must be a positive number"):
+            md.MetaDriveConfig(speed_limit_km_h=bad)
+
+
 def test_scenario_shards_keep_each_env_on_its_share_of_the_maps():
     cfg = SMALL.replace(scenario_shards=4)  # 10 scenarios: shards {0,4,8}, {1,5,9}, {2,6}, {3,7}
     envs = [md.MetaDriveGymEnv(cfg, seed=100 + i) for i in range(4)]  # consecutive seeds: shards 0..3

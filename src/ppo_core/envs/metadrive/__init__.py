@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from .assets import ALLOW_DOWNLOAD_ENV, asset_status, ensure_offline_assets
 from .config import (EVAL_START_SEED, RESERVED_START_SEED, TEST_START_SEED, TRAIN_SCENARIO_LIMIT, TRAINING_ONLY,
-                     VALIDATION_START_SEED, MetaDriveConfig, scenario_for_seed)
+                     VALIDATION_START_SEED, MetaDriveConfig, scenario_for_seed, speed_limit_factor)
 from .env import (FORKSERVER_PRELOAD, START_METHOD_ENV, MetaDriveGymEnv, make_metadrive_env, make_vector_env,
                   worker_context)
 from .evaluator import ActFn, EvalWorkerError, ParallelEvaluator, evaluate_policy
@@ -68,6 +68,7 @@ __all__ = [
     "RATE_FLAGS",
     "START_METHOD_ENV",
     "MetaDriveConfig",
+    "speed_limit_factor",
     "MetaDriveGymEnv",
     "ParallelEvaluator",
     "asset_status",

@@ -17,6 +17,7 @@ __all__ = [
     "EVAL_START_SEED",
     "MetaDriveConfig",
     "scenario_for_seed",
+    "speed_limit_factor",
 ]
 
 logger = logging.getLogger("ppo_core.envs.metadrive")
@@ -81,6 +82,12 @@ class MetaDriveConfig:
             ``StdTInterSection`` 0.15 each, ``Roundabout`` 0.1). A training option: it
             changes which maps scenarios ``0 ..`` are; evaluation always uses
             MetaDrive's own maps.
+        speed_limit_km_h: A reward term for training: at a step that is not an episode's
+            last, a positive reward (MetaDrive's progress and speed terms) earned above
+            this speed is scaled by :func:`speed_limit_factor` (1 up to the limit, falling
+            linearly to 0 at twice the limit), so the reward per step, about proportional
+            to the speed, peaks at the limit. Terminal rewards and penalties are kept.
+            A training option: evaluation runs with MetaDrive's own reward. ``None``: off.
         overrides: Extra raw MetaDrive config entries, applied after the options above
             (in training and in evaluation).
         train_overrides: Raw MetaDrive config entries for training only, applied last
@@ -103,6 +110,7 @@ class MetaDriveConfig:
     traffic_density_range: Optional[List[float]] = None
     scenario_shards: int = 1
     block_probabilities: Optional[Dict[str, float]] = None
+    speed_limit_km_h: Optional[float] = None
     overrides: Dict[str, Any] = field(default_factory=dict)
     train_overrides: Dict[str, Any] = field(default_factory=dict)
 
@@ -138,6 +146,11 @@ class MetaDriveConfig:
                     or not 0.0 <= r[0] <= r[1] <= 1.0):
                 raise ValueError(f"traffic_density_range must be [low, high] with 0 <= low <= high <= 1, got {r!r}")
             self.traffic_density_range = [float(r[0]), float(r[1])]
+        if self.speed_limit_km_h is not None:
+            v = self.speed_limit_km_h
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"speed_limit_km_h must be a positive number of km/h or None, got {v!r}")
+            self.speed_limit_km_h = float(v)
         if self.num_scenarios < 1:
             raise ValueError(f"num_scenarios must be >= 1, got {self.num_scenarios}")
         if self.start_seed < 0:
@@ -191,9 +204,11 @@ class MetaDriveConfig:
     def for_evaluation(self, start_seed: int, num_scenarios: int) -> "MetaDriveConfig":
         """This config on the evaluation range ``[start_seed, start_seed + num_scenarios)``,
         without its training-only options (:data:`TRAINING_ONLY`): one fixed traffic
-        density, no sharding, MetaDrive's own maps, no ``train_overrides``."""
+        density, no sharding, MetaDrive's own maps and reward (no ``speed_limit_km_h``, no
+        ``train_overrides``)."""
         return self.replace(start_seed=start_seed, num_scenarios=num_scenarios, traffic_density_range=None,
-                            scenario_shards=1, block_probabilities=None, train_overrides={})
+                            scenario_shards=1, block_probabilities=None, speed_limit_km_h=None,
+                            train_overrides={})
 
 
 #: The block types of MetaDrive's procedural maps (those its own distribution draws; the
@@ -218,9 +233,18 @@ def block_distribution(weights: Mapping[str, float]) -> type:
 
 
 #: The options that only shape training (the range, its sharding, traffic randomization,
-#: training-only MetaDrive entries); evaluation runs one fixed range without them.
+#: the speed-limit reward term, training-only MetaDrive entries); evaluation runs one fixed
+#: range without them.
 TRAINING_ONLY = ("start_seed", "num_scenarios", "traffic_density_range", "scenario_shards", "block_probabilities",
-                 "train_overrides")
+                 "speed_limit_km_h", "train_overrides")
+
+
+def speed_limit_factor(speed_km_h: float, limit_km_h: float) -> float:
+    """The factor :attr:`MetaDriveConfig.speed_limit_km_h` puts on a step's positive reward:
+    1 at speeds up to the limit, ``2 - speed / limit`` above it, 0 from twice the limit on.
+    MetaDrive's per-step reward is about proportional to the speed ``v``, so the shaped one,
+    ``v * (2 - v / limit)`` above the limit, is largest at the limit itself."""
+    return min(1.0, max(0.0, 2.0 - speed_km_h / limit_km_h))
 
 
 def scenario_for_seed(seed: int, start_seed: int, num_scenarios: int) -> int:

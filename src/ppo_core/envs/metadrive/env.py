@@ -15,7 +15,7 @@ import gymnasium as gym
 import numpy as np
 
 from .assets import ensure_offline_assets
-from .config import MetaDriveConfig, scenario_for_seed
+from .config import MetaDriveConfig, scenario_for_seed, speed_limit_factor
 
 __all__ = ["MetaDriveGymEnv", "make_metadrive_env", "make_vector_env", "worker_context", "FORKSERVER_PRELOAD",
            "START_METHOD_ENV"]
@@ -183,11 +183,19 @@ class MetaDriveGymEnv(gym.Env):
         return np.asarray(obs, dtype=np.float32), info
 
     def step(self, action: Any) -> Tuple[np.ndarray, float, bool, bool, Dict[str, Any]]:
-        """Step MetaDrive; ``truncated`` only when the horizon ends a non-terminal step."""
+        """Step MetaDrive; ``truncated`` only when the horizon ends a non-terminal step.
+
+        With ``speed_limit_km_h`` set, a positive reward of a non-terminal step (MetaDrive's
+        progress and speed terms, ``info["step_reward"]``) is scaled by
+        :func:`~.config.speed_limit_factor` of the car's speed after the step."""
         obs, reward, terminated, truncated, info = self._env.step(np.asarray(action, dtype=np.float32))
         terminated = bool(terminated)
         truncated = bool(truncated) and not terminated
-        return np.asarray(obs, dtype=np.float32), float(reward), terminated, truncated, info
+        reward = float(reward)
+        limit = self.config.speed_limit_km_h
+        if limit is not None and not terminated and reward > 0 and reward == info.get("step_reward"):
+            reward *= speed_limit_factor(float(self._env.agent.speed_km_h), limit)
+        return np.asarray(obs, dtype=np.float32), reward, terminated, truncated, info
 
     def render(self) -> Optional[np.ndarray]:
         """Top-down RGB frame (H, W, 3) uint8 when ``render_mode == "rgb_array"``."""
