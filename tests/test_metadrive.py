@@ -595,3 +595,13 @@ def test_drive_stats_script_records_each_episode(tiny_run, tmp_path, capsys, mon
     with pytest.raises(SystemExit):
         drive_stats.main([str(tiny_run), "--smooth", "1"])
     assert "--smooth must be in [0, 1)" in capsys.readouterr().err
+
+    # the speed diagnostics: no throttle at all keeps the car below any cap it starts under
+    assert drive_stats.main([str(tiny_run), "--episodes", "1", "--throttle-scale", "0", "--max-speed", "5"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (summary["throttle_scale"], summary["max_speed_cap"]) == (0.0, 5.0) and summary["max_speed"] < 5
+    for args, message in ((["--throttle-scale", "1.5"], "--throttle-scale must be in [0, 1]"),
+                          (["--max-speed", "0"], "--max-speed must be > 0")):
+        with pytest.raises(SystemExit):
+            drive_stats.main([str(tiny_run), *args])
+        assert message in capsys.readouterr().err
